@@ -1,0 +1,316 @@
+"""The zfeed wire format: the one module the server and the layer both import.
+
+A batch is one ZeroMQ multipart message::
+
+    frame 0      msgpack header (a map, see ``encode_header``)
+    frames 1..   raw C-contiguous bytes of each array, in header order; an array
+                 larger than ``MAX_FRAME_BYTES`` is split along its first axis
+                 into frames of ``rows_per_frame`` rows each
+
+The header names the format version, the message kind, the stream (which
+server), the sequence number, for every array its name, dtype, shape and rows
+per frame, and for every sample its dataset index and its epoch.
+
+Nothing that arrives is unpickled or evaluated: the header is plain msgpack
+(no extension types), dtypes come from a fixed whitelist, and every frame's
+length is checked against dtype x shape before ``np.frombuffer`` views it.
+
+This module must keep working on Python 3.8 with numpy, msgpack and (for
+``zmq.Frame`` inputs) pyzmq only; it must not import anything from ``server``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import msgpack
+import numpy as np
+
+WIRE_VERSION = 1
+KIND_BATCH = "batch"
+
+# glibc serves allocations of 32 MiB and more with fresh pages every time,
+# which makes big frames several times slower to receive; stay well below.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+# Headers are a few hundred bytes plus 12 bytes per sample.
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+MAX_ARRAYS = 64
+MAX_NDIM = 8
+
+# Little-endian, fixed-size numeric dtypes only: never object, void or strings.
+ALLOWED_DTYPES: Dict[str, np.dtype] = {
+    np.dtype(name).str: np.dtype(name)
+    for name in (
+        "<f4", "<f8", "<f2", "|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "|b1",
+    )
+}
+_INDEX_DTYPE = np.dtype("<i8")
+_EPOCH_DTYPE = np.dtype("<i4")
+
+
+class WireError(ValueError):
+    """A message that is not a valid zfeed batch; the text says what is wrong."""
+
+
+class ArraySpec:
+    """Name, dtype, shape and split of one array in a batch."""
+
+    __slots__ = ("name", "dtype", "shape", "rows_per_frame")
+
+    def __init__(self, name: str, dtype: np.dtype, shape: Tuple[int, ...], rows_per_frame: int):
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.rows_per_frame = rows_per_frame
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.row_bytes
+
+    @property
+    def frame_count(self) -> int:
+        if self.shape[0] == 0:
+            return 1
+        return math.ceil(self.shape[0] / self.rows_per_frame)
+
+    def frame_rows(self) -> List[Tuple[int, int]]:
+        """The [start, stop) row range of each frame."""
+        rows = self.shape[0]
+        step = self.rows_per_frame
+        return [(start, min(start + step, rows)) for start in range(0, max(rows, 1), step)]
+
+
+def array_spec(name: str, dtype: np.dtype, shape: Sequence[int],
+               max_frame_bytes: int = MAX_FRAME_BYTES) -> ArraySpec:
+    """The spec ``encode_batch`` uses for an array of this dtype and shape."""
+    dtype = np.dtype(dtype)
+    if dtype.str not in ALLOWED_DTYPES:
+        raise WireError("array %r has dtype %s, which zfeed does not send (allowed: %s)"
+                        % (name, dtype, ", ".join(sorted(ALLOWED_DTYPES))))
+    shape = tuple(int(d) for d in shape)
+    if not shape:
+        raise WireError("array %r is 0-d; batch arrays need a leading batch axis" % name)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    if row_bytes > max_frame_bytes:
+        raise WireError("one row of array %r is %d bytes, more than the %d-byte frame limit"
+                        % (name, row_bytes, max_frame_bytes))
+    rows_per_frame = max(1, max_frame_bytes // max(row_bytes, 1))
+    return ArraySpec(name, dtype, shape, rows_per_frame)
+
+
+def encode_header(stream: str, seq: int, specs: Sequence[ArraySpec],
+                  indices: np.ndarray, epochs: np.ndarray,
+                  extra: Optional[dict] = None) -> bytes:
+    """Pack a batch header. ``indices``/``epochs`` hold one entry per sample."""
+    header = {
+        "zfeed": WIRE_VERSION,
+        "kind": KIND_BATCH,
+        "stream": stream,
+        "seq": int(seq),
+        "arrays": [[s.name, s.dtype.str, list(s.shape), s.rows_per_frame] for s in specs],
+        "index": np.ascontiguousarray(indices, dtype=_INDEX_DTYPE).tobytes(),
+        "epoch": np.ascontiguousarray(epochs, dtype=_EPOCH_DTYPE).tobytes(),
+    }
+    if extra:
+        header["extra"] = extra
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def array_frames(spec: ArraySpec, array: np.ndarray) -> List[memoryview]:
+    """Zero-copy views of ``array`` split into the frames ``spec`` describes."""
+    if array.shape != spec.shape or array.dtype != spec.dtype:
+        raise WireError("array %r is %s %s, its spec says %s %s"
+                        % (spec.name, array.dtype, array.shape, spec.dtype, spec.shape))
+    if not array.flags.c_contiguous:
+        raise WireError("array %r is not C-contiguous" % spec.name)
+    flat = array.reshape(-1).view(np.uint8) if array.size else np.zeros(0, np.uint8)
+    row_bytes = spec.row_bytes
+    return [memoryview(flat[start * row_bytes:stop * row_bytes]) for start, stop in spec.frame_rows()]
+
+
+def encode_batch(stream: str, seq: int, arrays: Dict[str, np.ndarray],
+                 indices: np.ndarray, epochs: np.ndarray,
+                 extra: Optional[dict] = None,
+                 max_frame_bytes: int = MAX_FRAME_BYTES) -> List[object]:
+    """Header bytes followed by zero-copy frames of every array, in dict order."""
+    specs = [array_spec(name, a.dtype, a.shape, max_frame_bytes) for name, a in arrays.items()]
+    frames: List[object] = [encode_header(stream, seq, specs, indices, epochs, extra)]
+    for spec in specs:
+        frames.extend(array_frames(spec, arrays[spec.name]))
+    return frames
+
+
+class Batch:
+    """A decoded batch. Arrays are views of the received frames, not copies.
+
+    Keep the Batch alive while any array obtained from it is in use: the
+    frames' memory belongs to it.
+    """
+
+    def __init__(self, stream: str, seq: int, specs: List[ArraySpec],
+                 frames_by_array: List[List[memoryview]], indices: np.ndarray,
+                 epochs: np.ndarray, extra: dict, keepalive: Sequence[object]):
+        self.stream = stream
+        self.seq = seq
+        self.specs = specs
+        self.indices = indices
+        self.epochs = epochs
+        self.extra = extra
+        self._frames = {spec.name: views for spec, views in zip(specs, frames_by_array)}
+        self._spec_by_name = {spec.name: spec for spec in specs}
+        self._keepalive = keepalive
+
+    @property
+    def names(self) -> List[str]:
+        return [spec.name for spec in self.specs]
+
+    @property
+    def size(self) -> int:
+        return len(self.indices)
+
+    def spec(self, name: str) -> ArraySpec:
+        try:
+            return self._spec_by_name[name]
+        except KeyError:
+            raise KeyError("batch has no array %r (it has %s)" % (name, ", ".join(self.names)))
+
+    def array(self, name: str) -> np.ndarray:
+        """The whole array: a read-only view when it came in one frame, else one copy."""
+        spec = self.spec(name)
+        views = self._frames[name]
+        if len(views) == 1:
+            return np.frombuffer(views[0], dtype=spec.dtype).reshape(spec.shape)
+        out = np.empty(spec.shape, spec.dtype)
+        self.copy_into(name, out)
+        return out
+
+    def copy_into(self, name: str, out: np.ndarray) -> None:
+        """Copy array ``name`` into ``out`` (same shape), frame by frame: one copy in all."""
+        spec = self.spec(name)
+        if tuple(out.shape) != spec.shape:
+            raise ValueError("array %r has shape %s, the destination %s"
+                             % (name, spec.shape, tuple(out.shape)))
+        for (start, stop), view in zip(spec.frame_rows(), self._frames[name]):
+            chunk = np.frombuffer(view, dtype=spec.dtype).reshape((stop - start,) + spec.shape[1:])
+            out[start:stop] = chunk
+
+
+def _buffer_of(frame: object) -> memoryview:
+    # zmq.Frame exposes .buffer; bytes, bytearray and memoryview are buffers already.
+    buffer = getattr(frame, "buffer", frame)
+    view = memoryview(buffer)  # type: ignore[arg-type]
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
+
+
+def _parse_spec(entry: object, max_batch_bytes: int) -> ArraySpec:
+    if not (isinstance(entry, list) and len(entry) == 4):
+        raise WireError("array entry %r is not [name, dtype, shape, rows_per_frame]" % (entry,))
+    name, dtype_str, shape, rows_per_frame = entry
+    if not isinstance(name, str):
+        raise WireError("array name %r is not a string" % (name,))
+    if not isinstance(dtype_str, str) or dtype_str not in ALLOWED_DTYPES:
+        raise WireError("array %r has dtype %r; zfeed accepts only %s"
+                        % (name, dtype_str, ", ".join(sorted(ALLOWED_DTYPES))))
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_NDIM
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise WireError("array %r has shape %r; expected 1 to %d non-negative integers"
+                        % (name, shape, MAX_NDIM))
+    dtype = ALLOWED_DTYPES[dtype_str]
+    total = dtype.itemsize
+    for d in shape:
+        total *= d
+        if total > max_batch_bytes:
+            raise WireError("array %r of shape %s is larger than the %d-byte limit"
+                            % (name, shape, max_batch_bytes))
+    if not isinstance(rows_per_frame, int) or isinstance(rows_per_frame, bool) or rows_per_frame < 1:
+        raise WireError("array %r has rows_per_frame %r" % (name, rows_per_frame))
+    return ArraySpec(name, dtype, tuple(shape), rows_per_frame)
+
+
+def _sample_array(header: dict, key: str, dtype: np.dtype) -> np.ndarray:
+    raw = header.get(key)
+    if not isinstance(raw, bytes) or len(raw) % dtype.itemsize:
+        raise WireError("header field %r is not a packed %s array" % (key, dtype))
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def decode_header(data: memoryview, max_batch_bytes: int) -> Tuple[dict, List[ArraySpec]]:
+    """Unpack and validate a header; returns the map and the array specs."""
+    if len(data) > MAX_HEADER_BYTES:
+        raise WireError("header is %d bytes, more than %d" % (len(data), MAX_HEADER_BYTES))
+    try:
+        header = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True,
+            max_bin_len=MAX_HEADER_BYTES, max_str_len=65536,
+            max_array_len=100000, max_map_len=64, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError("header is not valid msgpack: %s" % exc) from None
+    if not isinstance(header, dict):
+        raise WireError("header is a %s, not a map" % type(header).__name__)
+    version = header.get("zfeed")
+    if version != WIRE_VERSION:
+        raise WireError("wire format version %r, this side speaks version %d: "
+                        "run the same zfeed release on server and trainer"
+                        % (version, WIRE_VERSION))
+    if header.get("kind") != KIND_BATCH:
+        raise WireError("message kind %r is not %r" % (header.get("kind"), KIND_BATCH))
+    if not isinstance(header.get("stream"), str) or not isinstance(header.get("seq"), int):
+        raise WireError("header lacks a string 'stream' or an integer 'seq'")
+    entries = header.get("arrays")
+    if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_ARRAYS:
+        raise WireError("header 'arrays' must list 1 to %d arrays" % MAX_ARRAYS)
+    specs = [_parse_spec(entry, max_batch_bytes) for entry in entries]
+    if len({s.name for s in specs}) != len(specs):
+        raise WireError("array names repeat: %s" % [s.name for s in specs])
+    total = sum(s.nbytes for s in specs)
+    if total > max_batch_bytes:
+        raise WireError("batch holds %d bytes, more than the %d-byte limit" % (total, max_batch_bytes))
+    if "extra" in header and not isinstance(header["extra"], dict):
+        raise WireError("header 'extra' is not a map")
+    return header, specs
+
+
+def decode_batch(frames: Sequence[object], max_batch_bytes: int) -> Batch:
+    """Validate and view a received multipart message as a ``Batch`` (no copies).
+
+    ``frames`` are ``zmq.Frame`` objects or plain buffers. Raises ``WireError``
+    on anything malformed; never reads past a frame.
+    """
+    if not frames:
+        raise WireError("empty message")
+    header, specs = decode_header(_buffer_of(frames[0]), max_batch_bytes)
+    indices = _sample_array(header, "index", _INDEX_DTYPE)
+    epochs = _sample_array(header, "epoch", _EPOCH_DTYPE)
+    if len(epochs) != len(indices):
+        raise WireError("header has %d indices but %d epochs" % (len(indices), len(epochs)))
+    expected_frames = 1 + sum(s.frame_count for s in specs)
+    if len(frames) != expected_frames:
+        raise WireError("message has %d frames, its header describes %d"
+                        % (len(frames), expected_frames))
+    frames_by_array = []
+    position = 1
+    for spec in specs:
+        if spec.shape[0] != len(indices):
+            raise WireError("array %r has %d rows for %d samples"
+                            % (spec.name, spec.shape[0], len(indices)))
+        views = []
+        for start, stop in spec.frame_rows():
+            view = _buffer_of(frames[position])
+            expected = (stop - start) * spec.row_bytes
+            if len(view) != expected:
+                raise WireError("frame %d of array %r is %d bytes, %s %s needs %d"
+                                % (position, spec.name, len(view), spec.dtype,
+                                   ((stop - start),) + spec.shape[1:], expected))
+            views.append(view)
+            position += 1
+        frames_by_array.append(views)
+    return Batch(header["stream"], header["seq"], specs, frames_by_array, indices, epochs,
+                 header.get("extra", {}), keepalive=frames)

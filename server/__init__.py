@@ -1,0 +1,1 @@
+"""zfeed data server: loader workers, Caffe transforms, batches over ZeroMQ PUSH."""

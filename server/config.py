@@ -1,0 +1,196 @@
+"""Command-line options of the data server, validated once at start-up.
+
+``parse_config(argv)`` returns a ``ServerConfig`` or raises ``ConfigError``
+with a message that names the option and says what to change. ``prepare``
+then opens the source and checks what needs the data (crop against the image
+size, the mean file's shape) before anything is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from server.caffe_proto import read_mean_binaryproto
+from server.decode import COLOR_BGR, COLOR_GRAY
+from server.sources import SourceError, open_source
+from server.transform import TEST, TRAIN, TransformParams, output_shape
+
+DEFAULT_BIND = "tcp://*:5555"
+
+
+class ConfigError(ValueError):
+    """A configuration the server refuses; the message says what to change."""
+
+
+@dataclass
+class ServerConfig:
+    source: str
+    root_folder: str = ""
+    bind: List[str] = field(default_factory=list)
+    connect: List[str] = field(default_factory=list)
+    batch_size: int = 64
+    workers: int = 1
+    phase: str = TRAIN
+    shuffle: bool = True
+    seed: int = 0
+    epochs: Optional[int] = None
+    crop_size: int = 0
+    mirror: bool = False
+    mean_values: Tuple[float, ...] = ()
+    mean_file: str = ""
+    scale: float = 1.0
+    color: Optional[str] = None
+    max_inflight_mb: float = 512.0
+    log_interval_s: float = 5.0
+    stream_id: str = ""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1, got %s" % text)
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more, got %s" % text)
+    return value
+
+
+def _mean_values(text: str) -> Tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected numbers separated by commas, e.g. 104,117,123") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="zfeed data server: loads, transforms and batches samples "
+                    "and pushes them to Caffe's ZmqDataLayer over ZeroMQ.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--source", required=True,
+                      help="lmdb:PATH (Caffe Datums), imagelist:LISTFILE (Caffe ImageData list) or npz:PATH")
+    data.add_argument("--root-folder", default="", help="prefix of the paths in an image list (as Caffe's root_folder)")
+    data.add_argument("--force-color", action="store_true", help="decode images as 3-channel BGR")
+    data.add_argument("--force-gray", action="store_true", help="decode images as 1-channel gray")
+    net = parser.add_argument_group("network")
+    net.add_argument("--bind", action="append", default=[],
+                     help="endpoint to bind the PUSH socket to (default %s when no --connect)" % DEFAULT_BIND)
+    net.add_argument("--connect", action="append", default=[],
+                     help="endpoint of a trainer whose layer binds; repeat for several trainers")
+    net.add_argument("--stream-id", default="", help="name of this server in batch headers (default host:pid)")
+    order = parser.add_argument_group("batches")
+    order.add_argument("--batch-size", type=_positive_int, default=64)
+    order.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                       help="loader worker processes (default: number of CPUs)")
+    order.add_argument("--phase", choices=(TRAIN, TEST), default=TRAIN)
+    order.add_argument("--shuffle", dest="shuffle", action="store_true", default=None,
+                       help="shuffle every epoch (default in train)")
+    order.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                       help="dataset order (default in test)")
+    order.add_argument("--seed", type=int, default=0, help="seed of the epoch orders, crops and flips")
+    order.add_argument("--epochs", type=_positive_int, default=None,
+                       help="stop after this many epochs (default: serve forever)")
+    order.add_argument("--max-inflight-mb", type=float, default=512.0,
+                       help="memory for batches being built or sent (default 512)")
+    tf = parser.add_argument_group("transform_param (as Caffe)")
+    tf.add_argument("--crop-size", type=_non_negative_int, default=0)
+    tf.add_argument("--mirror", action="store_true")
+    tf.add_argument("--mean-value", type=_mean_values, default=(), help="B,G,R or one value for all channels")
+    tf.add_argument("--mean-file", default="", help="mean.binaryproto of the full image size")
+    tf.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between throughput lines")
+    return parser
+
+
+def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
+    args = build_parser().parse_args(argv)
+    if args.mean_file and args.mean_value:
+        raise ConfigError("--mean-file and --mean-value are both set; Caffe takes one or the other: drop one")
+    if args.force_color and args.force_gray:
+        raise ConfigError("--force-color and --force-gray are both set: choose one")
+    for endpoint in args.bind + args.connect:
+        if not endpoint.startswith(("tcp://", "ipc://")):
+            raise ConfigError("endpoint %r: expected tcp://HOST:PORT (or ipc://PATH)" % endpoint)
+    if args.scale <= 0:
+        raise ConfigError("--scale %s: must be positive" % args.scale)
+    if args.max_inflight_mb <= 0:
+        raise ConfigError("--max-inflight-mb must be positive")
+    bind = args.bind or ([] if args.connect else [DEFAULT_BIND])
+    color = COLOR_BGR if args.force_color else COLOR_GRAY if args.force_gray else None
+    return ServerConfig(
+        source=args.source, root_folder=args.root_folder, bind=bind, connect=args.connect,
+        batch_size=args.batch_size, workers=args.workers, phase=args.phase,
+        shuffle=args.phase == TRAIN if args.shuffle is None else args.shuffle,
+        seed=args.seed, epochs=args.epochs, crop_size=args.crop_size, mirror=args.mirror,
+        mean_values=args.mean_value, mean_file=args.mean_file, scale=args.scale, color=color,
+        max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
+        stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
+    )
+
+
+@dataclass
+class PreparedData:
+    """A source checked against the transform: what the workers will serve."""
+
+    source: object
+    transform: TransformParams
+    sample_shape: Tuple[int, int, int]  # C x H x W after the transform
+
+
+def _mean_array(config: ServerConfig, image_shape: Tuple[int, int, int]) -> Optional[np.ndarray]:
+    channels = image_shape[0]
+    if config.mean_file:
+        try:
+            mean = read_mean_binaryproto(config.mean_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("--mean-file %s: %s" % (config.mean_file, exc)) from None
+        if mean.shape != image_shape:
+            raise ConfigError("--mean-file %s is %s (C x H x W) but the images are %s: "
+                              "compute the mean over this data set (python -m server.tools.compute_image_mean)"
+                              % (config.mean_file, "x".join(map(str, mean.shape)),
+                                 "x".join(map(str, image_shape))))
+        return mean.astype(np.float32)
+    if config.mean_values:
+        values = config.mean_values
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise ConfigError("--mean-value has %d values but the images have %d channels: "
+                              "give one value or one per channel" % (len(values), channels))
+        return np.asarray(values, dtype=np.float32).reshape(channels, 1, 1)
+    return None
+
+
+def prepare(config: ServerConfig) -> PreparedData:
+    """Open the source, read its first sample and check the transform against it."""
+    try:
+        source = open_source(config.source, config.root_folder, config.color)
+        source.open()
+        try:
+            first = source.read(0).image
+        finally:
+            source.close()
+    except SourceError as exc:
+        raise ConfigError("--source: %s" % exc) from None
+    except Exception as exc:
+        raise ConfigError("--source %s: cannot read the first sample: %s" % (config.source, exc)) from None
+    image_shape = tuple(int(d) for d in first.shape)
+    channels, height, width = image_shape
+    if config.crop_size > min(height, width):
+        raise ConfigError("--crop-size %d is larger than the %dx%d images of %s: "
+                          "use a crop size of at most %d"
+                          % (config.crop_size, height, width, config.source, min(height, width)))
+    params = TransformParams(phase=config.phase, crop_size=config.crop_size, mirror=config.mirror,
+                             scale=config.scale, mean=_mean_array(config, image_shape))
+    return PreparedData(source, params, output_shape(params, channels, height, width))
