@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 import time
-from typing import List, Optional
+from typing import List
 
 import caffe
 

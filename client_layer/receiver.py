@@ -16,7 +16,7 @@ import atexit
 import logging
 import time
 import weakref
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence, Union
 
 import zmq
 

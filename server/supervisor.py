@@ -14,7 +14,7 @@ SIGTERM or SIGINT sets a flag that the loop checks at least every
 ``POLL_IDLE_MS``. The server then stops handing out work, closes every
 worker's pipe (a worker exits on EOF), joins each worker for
 ``WORKER_JOIN_S``, terminates and then kills any that remain, closes its
-socket with ``SHUTDOWN_LINGER_MS`` so queued bytes can still leave, and exits
+socket with ``sender.SHUTDOWN_LINGER_MS`` so queued bytes can still leave, and exits
 with status 0. Workers also die with the supervisor (PDEATHSIG and a ppid
 check), and the slots are an anonymous mapping, so even SIGKILL leaves
 nothing behind. With ``--epochs`` the server exits the same way once every
@@ -38,6 +38,7 @@ from client_layer import wire
 from server.batch_buffer import BatchSlots
 from server.config import PreparedData, ServerConfig
 from server.plan import BatchPlan, EpochPlan
+from server.sender import BatchSender, SenderError
 from server.throughput import ThroughputLog
 from server.worker import DONE, BatchTask, WorkerSetup, loader_worker_main
 
@@ -47,7 +48,6 @@ POLL_IDLE_MS = 100
 POLL_RELEASE_MS = 2
 TASKS_PER_WORKER = 2
 WORKER_JOIN_S = 3.0
-SHUTDOWN_LINGER_MS = 2000
 MIN_SLOTS = 2
 SEND_QUEUE_SLOTS = 8
 
@@ -96,7 +96,6 @@ class DataServer:
         # A stack: the most recently released slot is reused first, so idle slots stay untouched pages.
         self.free_slots: List[int] = list(range(slot_count - 1, -1, -1))
         self.filled: Dict[int, Tuple[int, BatchPlan]] = {}  # seq -> (slot, plan), waiting to be sent
-        self.in_zmq: List[tuple] = []  # (tracker, slot) sent, not yet released
         self.next_dispatch = 0
         self.next_send = 0
         self.stop_signal: Optional[int] = None
@@ -171,58 +170,32 @@ class DataServer:
                 raise ServerError("batch %d: cannot load %s" % (seq, message[3]))
             self.filled[seq] = slot_and_plan
 
-    def _send_ready(self, socket: zmq.Socket) -> None:
-        while self.next_send in self.filled and socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
-            seq = self.next_send
-            slot, plan = self.filled.pop(seq)
-            arrays = self.slots.arrays(slot)
-            parts = [wire.encode_header(self.config.stream_id, seq, self.specs, plan.indices, plan.epochs)]
-            for spec in self.specs:
-                parts.extend(wire.array_frames(spec, arrays[spec.name]))
-            frames = [zmq.Frame(part, copy=False, track=True) for part in parts]
-            socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            self.in_zmq.append((zmq.MessageTracker(*frames), slot))
+    def _send_ready(self, sender: BatchSender) -> None:
+        while self.next_send in self.filled and sender.can_send:
+            slot, plan = self.filled.pop(self.next_send)
+            sender.send(plan.seq, slot, self.slots.arrays(slot), plan.indices, plan.epochs)
             self.next_send += 1
             self.throughput.sent_batch()
 
-    def _release_sent(self) -> None:
-        still = []
-        for tracker, slot in self.in_zmq:
-            if tracker.done:
-                self.free_slots.append(slot)
-            else:
-                still.append((tracker, slot))
-        self.in_zmq = still
-
-    def _finished(self) -> bool:
+    def _finished(self, sender: BatchSender) -> bool:
         total = self.plan.batch_count
-        return total is not None and self.next_send >= total and not self.in_zmq
+        return total is not None and self.next_send >= total and not sender.in_flight
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
-
-    def _open_socket(self, context: zmq.Context) -> zmq.Socket:
-        socket = context.socket(zmq.PUSH)
-        socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
-        socket.setsockopt(zmq.SNDHWM, self.slots.slot_count + 1)
-        for endpoint in self.config.bind:
-            try:
-                socket.bind(endpoint)
-            except zmq.ZMQError as exc:
-                socket.close(0)
-                raise ServerError("cannot bind %s: %s (is another server on that port?)" % (endpoint, exc))
-        for endpoint in self.config.connect:
-            socket.connect(endpoint)
-        return socket
 
     def run(self) -> int:
         """Serve until done (exit status 0), stopped by a signal (0) or failed (raises)."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.workers = [self._start_worker(i) for i in range(self.config.workers)]
         context = zmq.Context()
-        socket = None
+        sender = None
         try:
-            socket = self._open_socket(context)
+            try:
+                sender = BatchSender(context, self.config.stream_id, self.specs, self.config.bind,
+                                     self.config.connect, send_hwm=self.slots.slot_count + 1)
+            except SenderError as exc:
+                raise ServerError(str(exc)) from None
             log.info("serving %d samples (%s) as %d x %s batches on %s; %d workers, %d batch slots of %.1f MB",
                      len(self.prepared.source), self.config.source, self.config.batch_size,
                      "x".join(map(str, self.prepared.sample_shape)),
@@ -232,21 +205,20 @@ class DataServer:
             for handle in self.workers:
                 poller.register(handle.connection.fileno(), zmq.POLLIN)
             by_fd = {handle.connection.fileno(): handle for handle in self.workers}
-            while self.stop_signal is None and not self._finished():
+            while self.stop_signal is None and not self._finished(sender):
                 self._dispatch()
-                want_send = self.next_send in self.filled
-                if want_send:
-                    poller.register(socket, zmq.POLLOUT)
-                elif socket in poller:
-                    poller.unregister(socket)
-                timeout = POLL_RELEASE_MS if self.in_zmq else POLL_IDLE_MS
+                if self.next_send in self.filled:
+                    poller.register(sender.socket, zmq.POLLOUT)
+                elif sender.socket in poller:
+                    poller.unregister(sender.socket)
+                timeout = POLL_RELEASE_MS if sender.in_flight else POLL_IDLE_MS
                 for fd, _event in poller.poll(timeout):
                     if fd in by_fd:
                         self._collect(by_fd[fd])
-                self._send_ready(socket)
-                self._release_sent()
+                self._send_ready(sender)
+                self.free_slots.extend(sender.release_sent())
                 self._check_workers()
-                self.throughput.maybe_log(len(self.filled) + len(self.in_zmq),
+                self.throughput.maybe_log(len(self.filled) + sender.in_flight,
                                           sum(1 for h in self.workers if h.outstanding))
             if self.stop_signal is not None:
                 log.info("%s received: stopping", signal.Signals(self.stop_signal).name)
@@ -255,8 +227,8 @@ class DataServer:
             return 0
         finally:
             self._stop_workers()
-            if socket is not None:
-                socket.close()
+            if sender is not None:
+                sender.close()
             context.term()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,0 +1,80 @@
+"""The PUSH socket and zero-copy sending of batches held in shared slots.
+
+``BatchSender.send`` puts a batch's header and its arrays' frames on the
+socket without copying them and remembers the slot until ZeroMQ's tracker
+says every frame has left; ``release_sent`` returns the slots whose frames
+are gone. Only slots are ever queued, so the slots bound what is in flight.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import zmq
+
+from client_layer import wire
+
+SHUTDOWN_LINGER_MS = 2000
+
+
+class SenderError(RuntimeError):
+    """The socket cannot be set up; the message names the endpoint."""
+
+
+class BatchSender:
+    """A PUSH socket bound to ``bind`` and connected to ``connect`` endpoints."""
+
+    def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
+                 bind: Sequence[str], connect: Sequence[str], send_hwm: int):
+        self.stream_id = stream_id
+        self.specs = list(specs)
+        self.socket = context.socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
+        self.socket.setsockopt(zmq.SNDHWM, send_hwm)
+        self._in_flight: List[Tuple[zmq.MessageTracker, int]] = []
+        try:
+            for endpoint in bind:
+                try:
+                    self.socket.bind(endpoint)
+                except zmq.ZMQError as exc:
+                    raise SenderError("cannot bind %s: %s (is another server on that port?)"
+                                      % (endpoint, exc)) from None
+            for endpoint in connect:
+                try:
+                    self.socket.connect(endpoint)
+                except zmq.ZMQError as exc:
+                    raise SenderError("cannot connect to %s: %s" % (endpoint, exc)) from None
+        except SenderError:
+            self.socket.close(0)
+            raise
+
+    @property
+    def can_send(self) -> bool:
+        """True when a whole batch can go out now without blocking."""
+        return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches handed to ZeroMQ whose slots are not released yet."""
+        return len(self._in_flight)
+
+    def send(self, seq: int, slot: int, arrays: Dict[str, np.ndarray],
+             indices: np.ndarray, epochs: np.ndarray) -> None:
+        """Send batch ``seq`` from ``arrays`` (views of ``slot``) without copying them."""
+        parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs)]
+        for spec in self.specs:
+            parts.extend(wire.array_frames(spec, arrays[spec.name]))
+        frames = [zmq.Frame(part, copy=False, track=True) for part in parts]
+        self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        self._in_flight.append((zmq.MessageTracker(*frames), slot))
+
+    def release_sent(self) -> List[int]:
+        """Slots whose frames ZeroMQ has finished with."""
+        released = [slot for tracker, slot in self._in_flight if tracker.done]
+        if released:
+            self._in_flight = [(t, slot) for t, slot in self._in_flight if not t.done]
+        return released
+
+    def close(self) -> None:
+        self.socket.close()
