@@ -1,0 +1,1 @@
+"""Command-line tools that prepare Caffe data sets (LMDBs of Datums, mean files)."""

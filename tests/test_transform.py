@@ -1,0 +1,125 @@
+"""Transforms against a line-by-line port of Caffe's DataTransformer::Transform loop."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.transform import TEST, TRAIN, CropChoice, TransformParams, choose_crop, transform_into
+
+
+def caffe_reference(image, crop_size, mirror_flag, h_off, w_off, mean_file, mean_values, scale):
+    """data_transformer.cpp's loop, index for index, in float32."""
+    channels, datum_height, datum_width = image.shape
+    height = crop_size or datum_height
+    width = crop_size or datum_width
+    data = image.reshape(-1)
+    mean = None if mean_file is None else mean_file.reshape(-1)
+    out = np.zeros(channels * height * width, np.float32)
+    scale = np.float32(scale)
+    for c in range(channels):
+        for h in range(height):
+            for w in range(width):
+                data_index = (c * datum_height + h_off + h) * datum_width + w_off + w
+                if mirror_flag:
+                    top_index = (c * height + h) * width + (width - 1 - w)
+                else:
+                    top_index = (c * height + h) * width + w
+                element = np.float32(data[data_index])
+                if mean is not None:
+                    out[top_index] = (element - np.float32(mean[data_index])) * scale
+                elif mean_values is not None:
+                    out[top_index] = (element - np.float32(mean_values[c])) * scale
+                else:
+                    out[top_index] = element * scale
+    return out.reshape(channels, height, width)
+
+
+def run_transform(params, image, choice):
+    out = np.full((image.shape[0], choice.height, choice.width), np.nan, np.float32)
+    transform_into(image, params, choice, out)
+    return out
+
+
+@pytest.fixture
+def image():
+    return np.random.default_rng(1).integers(0, 256, (3, 7, 9), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("mean_kind", ["none", "values", "file"])
+@pytest.mark.parametrize("scale", [1.0, 0.00390625, 0.017])
+def test_matches_caffe_loop_bit_for_bit(image, mirror, mean_kind, scale):
+    rng = np.random.default_rng(2)
+    mean_file = rng.uniform(0, 255, image.shape).astype(np.float32) if mean_kind == "file" else None
+    mean_values = np.array([104.0, 117.0, 123.5], np.float32) if mean_kind == "values" else None
+    mean = mean_file if mean_file is not None else (
+        mean_values.reshape(3, 1, 1) if mean_values is not None else None)
+    params = TransformParams(phase=TRAIN, crop_size=5, mirror=True, scale=scale, mean=mean)
+    choice = CropChoice(h_off=1, w_off=3, height=5, width=5, mirror=mirror)
+    expected = caffe_reference(image, 5, mirror, 1, 3, mean_file, mean_values, scale)
+    assert np.array_equal(run_transform(params, image, choice), expected)
+
+
+def test_no_crop_keeps_the_whole_image(image):
+    params = TransformParams(scale=0.5)
+    choice = choose_crop(params, 7, 9, np.array([0.9, 0.9, 0.9]))
+    assert (choice.h_off, choice.w_off, choice.height, choice.width) == (0, 0, 7, 9)
+    assert np.array_equal(run_transform(params, image, choice), image.astype(np.float32) * np.float32(0.5))
+
+
+def test_float_images_transform_like_float_data():
+    image = np.random.default_rng(3).normal(size=(2, 6, 6)).astype(np.float32)
+    params = TransformParams(phase=TEST, crop_size=4, mean=np.array([0.5, -1.0], np.float32).reshape(2, 1, 1),
+                             scale=3.0)
+    choice = choose_crop(params, 6, 6, np.zeros(3))
+    expected = caffe_reference(image, 4, False, 1, 1, None, [0.5, -1.0], 3.0)
+    assert np.array_equal(run_transform(params, image, choice), expected)
+
+
+def test_test_phase_crops_the_centre_whatever_the_draw():
+    params = TransformParams(phase=TEST, crop_size=4)
+    for draw in ([0.0, 0.0, 0.0], [0.99, 0.99, 0.99], [0.3, 0.6, 0.1]):
+        choice = choose_crop(params, 9, 12, np.array(draw))
+        assert (choice.h_off, choice.w_off) == ((9 - 4) // 2, (12 - 4) // 2)
+        assert not choice.mirror
+
+
+def test_mirror_coin_is_tossed_in_test_phase_too():
+    params = TransformParams(phase=TEST, crop_size=4, mirror=True)
+    assert choose_crop(params, 8, 8, np.array([0.2, 0.0, 0.0])).mirror
+    assert not choose_crop(params, 8, 8, np.array([0.7, 0.0, 0.0])).mirror
+
+
+def test_train_offsets_cover_every_position_uniformly():
+    params = TransformParams(phase=TRAIN, crop_size=5, mirror=True)
+    draws = np.random.default_rng(4).random((30000, 3))
+    choices = [choose_crop(params, 8, 11, d) for d in draws]
+    h_counts = np.bincount([c.h_off for c in choices], minlength=4)
+    w_counts = np.bincount([c.w_off for c in choices], minlength=7)
+    assert len(h_counts) == 4 and len(w_counts) == 7  # never outside [0, size - crop]
+    assert np.all(np.abs(h_counts / len(choices) - 1 / 4) < 0.02)
+    assert np.all(np.abs(w_counts / len(choices) - 1 / 7) < 0.02)
+    assert abs(np.mean([c.mirror for c in choices]) - 0.5) < 0.02
+
+
+def test_crop_larger_than_image_is_refused():
+    with pytest.raises(ValueError, match="crop_size 10 is larger than the 8x12 image"):
+        choose_crop(TransformParams(crop_size=10), 8, 12, np.zeros(3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(channels=st.integers(1, 4), height=st.integers(1, 8), width=st.integers(1, 8),
+       crop=st.integers(0, 8), mirror=st.booleans(), train=st.booleans(),
+       draw=st.lists(st.floats(0, 1, exclude_max=True), min_size=3, max_size=3),
+       seed=st.integers(0, 2**16))
+def test_any_shape_matches_the_caffe_loop(channels, height, width, crop, mirror, train, draw, seed):
+    crop = min(crop, height, width)
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (channels, height, width), dtype=np.uint8)
+    mean_file = rng.uniform(0, 255, image.shape).astype(np.float32)
+    params = TransformParams(phase=TRAIN if train else TEST, crop_size=crop, mirror=mirror,
+                             scale=0.25, mean=mean_file)
+    choice = choose_crop(params, height, width, np.array(draw))
+    expected = caffe_reference(image, crop, choice.mirror, choice.h_off, choice.w_off, mean_file, None, 0.25)
+    assert np.array_equal(run_transform(params, image, choice), expected)
