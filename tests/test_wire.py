@@ -1,0 +1,173 @@
+"""The wire format: round trips, frame splitting, and refusal of every malformed message."""
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client_layer import wire
+
+LIMIT = 1 << 30
+
+
+def make_batch(rows=4, max_frame_bytes=wire.MAX_FRAME_BYTES):
+    data = np.arange(rows * 3 * 5 * 5, dtype=np.float32).reshape(rows, 3, 5, 5)
+    label = np.arange(rows, dtype=np.float32)
+    frames = wire.encode_batch("host:1", 7, {"data": data, "label": label},
+                               indices=np.arange(10, 10 + rows), epochs=np.full(rows, 2),
+                               max_frame_bytes=max_frame_bytes)
+    return data, label, frames
+
+
+def as_bytes(frames):
+    return [bytes(f) for f in frames]
+
+
+def test_round_trip_is_exact_and_zero_copy():
+    data, label, frames = make_batch()
+    received = as_bytes(frames)
+    batch = wire.decode_batch(received, LIMIT)
+    assert (batch.stream, batch.seq, batch.names, batch.size) == ("host:1", 7, ["data", "label"], 4)
+    assert batch.indices.tolist() == [10, 11, 12, 13] and batch.epochs.tolist() == [2, 2, 2, 2]
+    view = batch.array("data")
+    assert np.array_equal(view, data) and np.array_equal(batch.array("label"), label)
+    assert np.shares_memory(view, np.frombuffer(received[1], np.uint8))  # no copy on receive
+
+
+def test_encoding_does_not_copy_the_arrays():
+    data, _label, frames = make_batch()
+    assert np.shares_memory(np.frombuffer(frames[1], np.uint8), data)
+
+
+def test_large_arrays_split_along_the_batch_axis_under_the_frame_limit():
+    row_bytes = 3 * 5 * 5 * 4
+    data, label, frames = make_batch(rows=10, max_frame_bytes=3 * row_bytes)
+    assert [len(f) for f in frames[1:5]] == [3 * row_bytes] * 3 + [row_bytes]
+    batch = wire.decode_batch(as_bytes(frames), LIMIT)
+    out = np.empty_like(data)
+    batch.copy_into("data", out)
+    assert np.array_equal(out, data) and np.array_equal(batch.array("data"), data)
+
+
+def test_real_frame_limit_keeps_a_caffenet_batch_under_32_mib():
+    spec = wire.array_spec("data", np.float32, (64, 3, 227, 227))
+    assert spec.frame_count == 3
+    assert max(stop - start for start, stop in spec.frame_rows()) * spec.row_bytes < 32 * 2**20
+
+
+def test_copy_into_checks_the_destination_shape():
+    _, _, frames = make_batch()
+    with pytest.raises(ValueError, match="destination"):
+        wire.decode_batch(as_bytes(frames), LIMIT).copy_into("data", np.empty((4, 3, 5, 4), np.float32))
+
+
+def header_of(frames):
+    return msgpack.unpackb(frames[0], raw=False)
+
+
+def with_header(frames, **changes):
+    header = header_of(frames)
+    header.update(changes)
+    return [msgpack.packb(header, use_bin_type=True)] + as_bytes(frames[1:])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"zfeed": 2}, "version 2, this side speaks version 1"),
+    ({"zfeed": None}, "version None"),
+    ({"kind": "hello"}, "kind 'hello'"),
+    ({"seq": "x"}, "integer 'seq'"),
+    ({"arrays": []}, "1 to 64 arrays"),
+    ({"arrays": [["data", "|O", [4], 4]]}, "dtype '|O'"),
+    ({"arrays": [["data", "<U4", [4], 4]]}, "dtype '<U4'"),
+    ({"arrays": [["data", ">f4", [4, 3, 5, 5], 4], ["label", "<f4", [4], 4]]}, "dtype '>f4'"),
+    ({"arrays": [["data", "<f4", [4, -3, 5, 5], 4], ["label", "<f4", [4], 4]]}, "non-negative"),
+    ({"arrays": [["data", "<f4", [4, 2**40, 2**40], 4], ["label", "<f4", [4], 4]]}, "larger than"),
+    ({"arrays": [["data", "<f4", [4, 3, 5, 5], 0], ["label", "<f4", [4], 4]]}, "rows_per_frame"),
+    ({"arrays": [["data", "<f4", [4, 3, 5, 5], 4], ["data", "<f4", [4], 4]]}, "repeat"),
+    ({"arrays": [["data", "<f4", [4, 3, 5, 6], 4], ["label", "<f4", [4], 4]]}, "needs 1440"),
+    ({"arrays": [["data", "<f4", [5, 3, 5, 5], 5], ["label", "<f4", [4], 4]]}, "5 rows for 4 samples"),
+    ({"arrays": [["data", "<f4", [4, 3, 5, 5], 1], ["label", "<f4", [4], 4]]}, "frames, its header describes"),
+    ({"index": b"\x00" * 5}, "'index' is not a packed"),
+    ({"epoch": [1, 2]}, "'epoch' is not a packed"),
+    ({"epoch": b"\x00" * 12}, "4 indices but 3 epochs"),
+    ({"extra": 3}, "'extra' is not a map"),
+])
+def test_malformed_headers_are_refused_with_a_reason(changes, message):
+    _, _, frames = make_batch()
+    with pytest.raises(wire.WireError, match=message.replace("(", r"\(").replace("'", "'")):
+        wire.decode_batch(with_header(frames, **changes), LIMIT)
+
+
+def test_missing_or_extra_frames_are_refused():
+    _, _, frames = make_batch()
+    with pytest.raises(wire.WireError, match="message has 4 frames, its header describes 3"):
+        wire.decode_batch(as_bytes(frames) + [b"x"], LIMIT)
+    with pytest.raises(wire.WireError, match="message has 2 frames, its header describes 3"):
+        wire.decode_batch(as_bytes(frames[:-1]), LIMIT)
+    with pytest.raises(wire.WireError, match="empty message"):
+        wire.decode_batch([], LIMIT)
+
+
+def test_truncated_frame_is_refused():
+    _, _, frames = make_batch()
+    received = as_bytes(frames)
+    received[1] = received[1][:-1]
+    with pytest.raises(wire.WireError, match="frame 1 of array 'data' is 1199 bytes"):
+        wire.decode_batch(received, LIMIT)
+
+
+def test_batch_over_the_size_limit_is_refused_before_reading_frames():
+    _, _, frames = make_batch()
+    with pytest.raises(wire.WireError, match="larger than the 1000-byte limit"):
+        wire.decode_batch(as_bytes(frames), 1000)
+
+
+def test_header_that_is_not_msgpack_or_not_a_map_is_refused():
+    _, _, frames = make_batch()
+    for header in (b"\xc1garbage", msgpack.packb([1, 2]), msgpack.packb({1: 2})):
+        with pytest.raises(wire.WireError):
+            wire.decode_batch([header] + as_bytes(frames[1:]), LIMIT)
+
+
+def test_msgpack_extension_types_are_refused():
+    # msgpack-numpy and pickle-based codecs ride on ext types: never decoded here.
+    ext = msgpack.packb({"zfeed": 1, "x": msgpack.ExtType(1, b"cos\nsystem\n")}, use_bin_type=True)
+    with pytest.raises(wire.WireError, match="not valid msgpack"):
+        wire.decode_batch([ext], LIMIT)
+
+
+def test_sender_refuses_unsupported_arrays():
+    with pytest.raises(wire.WireError, match="dtype object"):
+        wire.array_spec("x", np.dtype(object), (2,))
+    with pytest.raises(wire.WireError, match="0-d"):
+        wire.array_spec("x", np.float32, ())
+    with pytest.raises(wire.WireError, match="frame limit"):
+        wire.array_spec("x", np.float32, (1, 100), max_frame_bytes=100)
+    spec = wire.array_spec("x", np.float32, (4, 2))
+    with pytest.raises(wire.WireError, match="not C-contiguous"):
+        wire.array_frames(spec, np.zeros((2, 4), np.float32).T)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=6))
+def test_random_frames_never_crash_the_decoder(frames):
+    try:
+        wire.decode_batch(frames, 1 << 20)
+    except wire.WireError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(position=st.integers(0, 10_000), value=st.integers(0, 255), cut=st.integers(0, 10_000))
+def test_mutated_headers_decode_or_are_refused_cleanly(position, value, cut):
+    _, _, frames = make_batch()
+    header = bytearray(frames[0])
+    header[position % len(header)] = value
+    header = bytes(header[: max(1, len(header) - cut % 8)])
+    try:
+        batch = wire.decode_batch([header] + as_bytes(frames[1:]), 1 << 20)
+    except wire.WireError:
+        return
+    for name in batch.names:  # whatever was accepted is consistent with its frames
+        assert batch.array(name).nbytes == batch.spec(name).nbytes
