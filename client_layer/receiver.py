@@ -98,7 +98,7 @@ class BatchClient:
         else:
             hint = ("is the data server running (python -m server --bind tcp://*:PORT), "
                     "is the address right, and is the port reachable from this host?")
-        return "no batch within %.0f s (%s): %s" % (waited, self.endpoints, hint)
+        return "no batch within %.1f s (%s): %s" % (waited, self.endpoints, hint)
 
     def receive(self) -> wire.Batch:
         """The next batch. Raises ``NoDataError`` after ``timeout_s`` without one,

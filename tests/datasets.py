@@ -1,0 +1,47 @@
+"""Small real datasets built inside tests: npz files, Datum LMDBs, image lists."""
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import lmdb
+import numpy as np
+
+from server.caffe_proto import encoded_datum, image_to_datum
+
+
+def random_images(count: int, shape=(3, 12, 14), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count,) + tuple(shape), dtype=np.uint8)
+
+
+def write_npz(path: Path, images: np.ndarray, labels: Sequence[int]) -> Path:
+    np.savez(path, data=images, label=np.asarray(labels))
+    return path
+
+
+def write_lmdb(path: Path, images: np.ndarray, labels: Sequence[int], encode: str = "") -> Path:
+    """Datums keyed "%08d" in order; ``encode`` ".png"/".jpg" stores encoded images."""
+    env = lmdb.open(str(path), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        for i, (image, label) in enumerate(zip(images, labels)):
+            if encode:
+                ok, data = cv2.imencode(encode, image.transpose(1, 2, 0))
+                assert ok
+                datum = encoded_datum(data.tobytes(), int(label))
+            else:
+                datum = image_to_datum(image, int(label))
+            txn.put(b"%08d" % i, datum.SerializeToString())
+    env.close()
+    return path
+
+
+def write_image_list(folder: Path, images: np.ndarray, labels: Sequence[int]) -> Path:
+    """PNG files (one with a space in its name) and a Caffe ImageData list naming them."""
+    lines = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        name = "img %d.png" % i if i == 0 else "img%d.png" % i
+        cv2.imwrite(str(folder / name), image.transpose(1, 2, 0))
+        lines.append("%s %d" % (name, label))
+    list_path = folder / "list.txt"
+    list_path.write_text("\n".join(lines) + "\n")
+    return list_path

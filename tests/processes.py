@@ -1,0 +1,98 @@
+"""Real zfeed server processes for tests: random ports, deadlines, no leftovers."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+DEADLINE_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def child_pids(pid: int) -> List[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    try:
+        tasks = Path("/proc/%d/task" % pid).iterdir()
+        return [int(c) for t in tasks for c in (t / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path("/proc/%d/status" % pid).read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+class ServerProcess:
+    """``python -m server ARGS`` in a child process; stderr goes to ``log_path``."""
+
+    def __init__(self, args: List[str], log_path: Path, python: str = sys.executable):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.process = subprocess.Popen([python, "-m", "server", *args], cwd=str(REPO), env=env,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = DEADLINE_S) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("server did not exit within %.0f s; log:\n%s" % (timeout, self.log))
+
+    def wait_for_log(self, text: str, timeout: float = DEADLINE_S) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("server never logged %r; log:\n%s" % (text, self.log))
+            time.sleep(0.05)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = DEADLINE_S) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        for pid in child_pids(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def run_server(args: List[str], tmp_path: Path, timeout: float = DEADLINE_S,
+               python: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Run a server to completion (e.g. one that must refuse its configuration)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([python or sys.executable, "-m", "server", *args], cwd=str(REPO), env=env,
+                          capture_output=True, text=True, timeout=timeout)

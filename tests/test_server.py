@@ -1,0 +1,246 @@
+"""The data server as a real process over real tcp, received with BatchClient."""
+
+import signal
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from client_layer import BatchClient, NoDataError
+from datasets import random_images, write_image_list, write_lmdb, write_npz
+from processes import ServerProcess, alive, child_pids, free_port, run_server
+from server.plan import EpochPlan
+from server.transform import TransformParams, choose_crop, transform_into
+
+N = 30
+
+
+@pytest.fixture
+def images():
+    return random_images(N, (3, 12, 14))
+
+
+@pytest.fixture
+def labels():
+    return [i % 10 for i in range(N)]
+
+
+def serve_and_collect(tmp_path, source, extra, batches, timeout_s=20.0, name="server"):
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, *extra]
+    with ServerProcess(args, tmp_path / (name + ".log")) as server:
+        with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=timeout_s) as client:
+            received = [client.receive() for _ in range(batches)]
+            result = [(b.seq, b.indices.copy(), b.epochs.copy(), b.array("data").copy(),
+                       b.array("label").copy()) for b in received]
+        status = server.wait() if "--epochs" in extra else server.stop()
+        return result, status, server.log
+
+
+def expected_batch(images, labels, params, plan, seq):
+    batch = plan.batch(seq)
+    data = []
+    for index, draw in zip(batch.indices, batch.draws):
+        image = images[index]
+        choice = choose_crop(params, image.shape[1], image.shape[2], draw)
+        out = np.empty((image.shape[0], choice.height, choice.width), np.float32)
+        transform_into(image, params, choice, out)
+        data.append(out)
+    return np.stack(data), np.asarray(labels, np.float32)[batch.indices]
+
+
+def test_epochs_deliver_every_sample_once_then_exit_0(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    batches, status, log = serve_and_collect(
+        tmp_path, source, ["--batch-size", "8", "--workers", "2", "--epochs", "3", "--seed", "5"], batches=12)
+    assert status == 0, log
+    assert "served 3 epochs (12 batches): done" in log
+    counts = Counter((int(e), int(i)) for _, idx, ep, _, _ in batches for e, i in zip(ep, idx))
+    for epoch in range(3):
+        assert sorted(i for (e, i) in counts if e == epoch) == list(range(N))
+    assert max(counts.values()) == 1
+    assert [seq for seq, *_ in batches] == list(range(12))
+
+
+def test_batches_are_caffe_transforms_of_the_planned_samples(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    extra = ["--batch-size", "8", "--workers", "2", "--seed", "9", "--crop-size", "10", "--mirror",
+             "--mean-value", "104,117,123", "--scale", "0.5"]
+    batches, status, log = serve_and_collect(tmp_path, source, extra, batches=5)
+    assert status == 0, log
+    params = TransformParams(phase="train", crop_size=10, mirror=True, scale=0.5,
+                             mean=np.array([104, 117, 123], np.float32).reshape(3, 1, 1))
+    plan = EpochPlan(N, 8, seed=9, shuffle=True)
+    mirrored = 0
+    for seq, indices, epochs, data, label in batches:
+        want_data, want_label = expected_batch(images, labels, params, plan, seq)
+        assert np.array_equal(data, want_data) and np.array_equal(label, want_label)
+        mirrored += sum(choose_crop(params, 12, 14, d).mirror for d in plan.batch(seq).draws)
+    assert 0 < mirrored < 40  # the stream really mixes flipped and unflipped samples
+    assert data.shape == (8, 3, 10, 10) and data.dtype == np.float32 and label.shape == (8,)
+
+
+def test_content_does_not_depend_on_the_number_of_workers(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    extra = ["--batch-size", "7", "--seed", "1", "--crop-size", "9", "--mirror"]
+    one, _, _ = serve_and_collect(tmp_path, source, extra + ["--workers", "1"], batches=9, name="one")
+    two, _, _ = serve_and_collect(tmp_path, source, extra + ["--workers", "2"], batches=9, name="two")
+    for a, b in zip(one, two):
+        assert a[0] == b[0] and np.array_equal(a[1], b[1]) and np.array_equal(a[3], b[3])
+
+
+def test_test_phase_sends_dataset_order_with_centre_crops(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    batches, status, log = serve_and_collect(
+        tmp_path, source, ["--phase", "test", "--batch-size", "5", "--workers", "2", "--crop-size", "8",
+                           "--epochs", "1"], batches=6)
+    assert status == 0, log
+    assert np.concatenate([b[1] for b in batches]).tolist() == list(range(N))
+    centre = images[:, :, 2:10, 3:11].astype(np.float32)
+    assert np.array_equal(np.concatenate([b[3] for b in batches]), centre)
+
+
+@pytest.mark.parametrize("encode", ["", ".png"])
+def test_lmdb_of_raw_and_encoded_datums(tmp_path, images, labels, encode):
+    source = "lmdb:%s" % write_lmdb(tmp_path / "db", images, labels, encode=encode)
+    batches, status, log = serve_and_collect(
+        tmp_path, source, ["--phase", "test", "--batch-size", "10", "--workers", "2", "--epochs", "1"], batches=3)
+    assert status == 0, log
+    assert np.array_equal(np.concatenate([b[3] for b in batches]), images.astype(np.float32))
+    assert np.concatenate([b[4] for b in batches]).tolist() == labels
+
+
+def test_image_list_with_root_folder(tmp_path, images, labels):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    list_path = write_image_list(folder, images, labels)
+    batches, status, log = serve_and_collect(
+        tmp_path, "imagelist:%s" % list_path,
+        ["--root-folder", str(folder) + "/", "--phase", "test", "--batch-size", "10", "--epochs", "1"], batches=3)
+    assert status == 0, log
+    assert np.array_equal(np.concatenate([b[3] for b in batches]), images.astype(np.float32))
+
+
+def test_batches_larger_than_a_frame_arrive_whole(tmp_path):
+    images = random_images(6, (3, 700, 700), seed=3)  # 5.9 MB per float sample: 3 frames per batch
+    source = "npz:%s" % write_npz(tmp_path / "big.npz", images, range(6))
+    batches, status, log = serve_and_collect(
+        tmp_path, source, ["--phase", "test", "--batch-size", "6", "--workers", "1", "--epochs", "1"], batches=1)
+    assert status == 0, log
+    assert np.array_equal(batches[0][3], images.astype(np.float32))
+
+
+def test_server_dials_in_to_a_binding_trainer(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    port = free_port()
+    with BatchClient(bind="tcp://127.0.0.1:%d" % port, timeout_s=20) as client:
+        args = ["--source", source, "--connect", "tcp://127.0.0.1:%d" % port, "--batch-size", "10",
+                "--epochs", "1", "--phase", "test"]
+        with ServerProcess(args, tmp_path / "server.log") as server:
+            indices = np.concatenate([client.receive().indices for _ in range(3)])
+            assert server.wait() == 0, server.log
+    assert indices.tolist() == list(range(N))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_server_and_workers_within_seconds(tmp_path, images, labels, signum):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "4", "--workers", "2"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=20) as client:
+            client.receive()
+            workers = child_pids(server.process.pid)
+            assert len(workers) == 2
+            started = time.monotonic()
+            assert server.stop(signum, timeout=10) == 0, server.log
+            assert time.monotonic() - started < 6
+        assert not [pid for pid in workers if alive(pid)]
+        assert "%s received: stopping" % signal.Signals(signum).name in server.log
+
+
+def test_sigkill_of_the_server_takes_its_workers_along(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % free_port(), "--workers", "2"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        server.wait_for_log("serving")
+        workers = child_pids(server.process.pid)
+        assert len(workers) == 2
+        server.process.kill()
+        server.process.wait(10)
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if alive(pid)]
+
+
+def test_bad_sample_stops_the_server_naming_it(tmp_path, images, labels):
+    db = write_lmdb(tmp_path / "db", images, labels, encode=".png")
+    import lmdb
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:
+        txn.put(b"%08d" % 4, b"\x08\x01not a datum")
+    env.close()
+    port = free_port()
+    args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "test",
+            "--batch-size", "10", "--workers", "1"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        assert server.wait() == 1
+    assert "key '00000004'" in server.log
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mean-file", "m.binaryproto", "--mean-value", "1,2,3"], "--mean-file and --mean-value are both set"),
+    (["--crop-size", "13"], "--crop-size 13 is larger than the 12x14 images"),
+    (["--mean-value", "1,2"], "--mean-value has 2 values but the images have 3 channels"),
+    (["--mean-file", "missing.binaryproto"], "--mean-file missing.binaryproto"),
+    (["--force-color", "--force-gray"], "choose one"),
+    (["--bind", "udp://x"], "expected tcp://"),
+])
+def test_bad_configurations_are_refused_at_start_up(tmp_path, images, labels, extra, message):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    result = run_server(["--source", source, *extra], tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "serving" not in result.stderr
+
+
+def test_wrong_size_mean_file_is_refused(tmp_path, images, labels):
+    from server.caffe_proto import write_mean_binaryproto
+    mean = tmp_path / "mean.binaryproto"
+    write_mean_binaryproto(str(mean), np.zeros((3, 10, 10), np.float32))
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    result = run_server(["--source", source, "--mean-file", str(mean)], tmp_path)
+    assert result.returncode == 2
+    assert "is 3x10x10 (C x H x W) but the images are 3x12x14" in result.stderr
+
+
+@pytest.mark.parametrize("source, message", [
+    ("lmdb:/nonexistent/db", "LMDB /nonexistent/db does not exist"),
+    ("imagelist:/nonexistent/list.txt", "cannot read image list /nonexistent/list.txt"),
+    ("csv:x", "expected KIND:PATH"),
+])
+def test_unusable_sources_are_refused_at_start_up(tmp_path, source, message):
+    result = run_server(["--source", source], tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    port = free_port()
+    with BatchClient(bind="tcp://127.0.0.1:%d" % port, timeout_s=1):
+        result = run_server(["--source", source, "--bind", "tcp://127.0.0.1:%d" % port], tmp_path)
+    assert result.returncode == 1
+    assert "cannot bind tcp://127.0.0.1:%d" % port in result.stderr
+
+
+def test_client_without_server_times_out_naming_the_address():
+    port = free_port()
+    with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=0.5) as client:
+        started = time.monotonic()
+        with pytest.raises(NoDataError, match=r"no batch within 0\.5 s") as caught:
+            client.receive()
+        assert time.monotonic() - started < 3
+    assert "connected to tcp://127.0.0.1:%d" % port in str(caught.value)
+    assert "is the data server running" in str(caught.value)
