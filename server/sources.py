@@ -97,26 +97,35 @@ def datum_image(datum: Datum, color: str = COLOR_NATIVE) -> np.ndarray:
     return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
 
 
-def parse_image_list(list_path: str) -> List[Tuple[str, int]]:
-    """Caffe ImageData list: ``path label`` per line, split at the last space."""
-    entries = []
+def read_image_list(list_path: str) -> Tuple[List[Tuple[str, int]], List[int]]:
+    """Parse a Caffe ImageData list into ``(entries, line_numbers)``.
+
+    Each non-blank line is ``PATH LABEL``, split at the last space so PATH may
+    contain spaces; ``line_numbers[i]`` is the 1-based line of ``entries[i]``.
+    Raises SourceError naming the file and line for a malformed or empty list.
+    """
+    entries, line_numbers = [], []
     try:
         with open(list_path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                line = line.rstrip("\r\n")
-                if not line.strip():
+            for number, line in enumerate(lines, start=1):
+                line = line.rstrip()
+                if not line:
                     continue
-                path, _, label = line.rpartition(" ")
+                path, _, label_text = line.rpartition(" ")
                 try:
-                    entries.append((path, int(label)))
+                    label = int(label_text)
                 except ValueError:
-                    raise SourceError("%s line %d: %r is not 'path label' with an integer label"
-                                      % (list_path, number, line)) from None
+                    label = None
+                if not path or label is None or not -2**31 <= label < 2**31:
+                    raise SourceError("%s line %d: expected 'PATH LABEL' with an int32 label, got %r"
+                                      % (list_path, number, line))
+                entries.append((path, label))
+                line_numbers.append(number)
     except OSError as exc:
         raise SourceError("cannot read image list %s: %s" % (list_path, exc.strerror)) from None
     if not entries:
         raise SourceError("image list %s names no images" % list_path)
-    return entries
+    return entries, line_numbers
 
 
 class ImageListSource:
@@ -124,7 +133,7 @@ class ImageListSource:
 
     def __init__(self, list_path: str, root_folder: str = "", color: str = COLOR_BGR,
                  resize_hw: Tuple[int, int] = (0, 0)):
-        self.entries = parse_image_list(list_path)
+        self.entries, _ = read_image_list(list_path)
         self.root_folder = root_folder
         self.color = color
         self.resize_hw = resize_hw

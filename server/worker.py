@@ -49,6 +49,10 @@ class WorkerSetup:
     parent_pid: int
 
 
+class SampleError(Exception):
+    """A sample could not be read or transformed; the message names it."""
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -76,10 +80,6 @@ def fill_batch(setup: WorkerSetup, task: BatchTask) -> None:
             label[row] = sample.label
         except Exception as exc:
             raise SampleError("%s: %s" % (source.describe(index), exc)) from exc
-
-
-class SampleError(Exception):
-    """A sample could not be read or transformed; the message names it."""
 
 
 def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:

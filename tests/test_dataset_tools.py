@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from server.caffe_proto import Datum, image_to_datum, read_mean_binaryproto
-from server.tools.compute_image_mean import compute_image_mean, decode_datum
+from server.sources import datum_image, read_image_list
+from server.tools.compute_image_mean import compute_image_mean
 from server.tools.compute_image_mean import main as mean_main
-from server.tools.convert_imageset import (ImagesetError, convert_imageset, read_list_file,
-                                           scan_class_folder)
+from server.tools.convert_imageset import ImagesetError, convert_imageset, scan_class_folder
 from server.tools.convert_imageset import main as convert_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,19 +54,19 @@ def listed(tmp_path):
     return list_path, root, images
 
 
-def test_read_list_file_splits_at_the_last_space(listed):
+def test_read_image_list_splits_at_the_last_space(listed):
     list_path, _, _ = listed
-    entries, lines = read_list_file(list_path)
+    entries, lines = read_image_list(list_path)
     assert entries == [("a/first image.png", 3), ("b/second.png", 0), ("a/third.png", 1)]
     assert lines == [1, 3, 4]
 
 
 @pytest.mark.parametrize("line", ["nolabel.png", "x.png 1.5", "x.png 99999999999", " 3"])
-def test_read_list_file_names_a_bad_line(tmp_path, line):
+def test_read_image_list_names_a_bad_line(tmp_path, line):
     list_path = tmp_path / "list.txt"
     list_path.write_text(f"ok.png 1\n{line}\n")
     with pytest.raises(ValueError, match="list.txt line 2: expected 'PATH LABEL'"):
-        read_list_file(list_path)
+        read_image_list(list_path)
 
 
 def test_scan_class_folder_labels_sorted_classes(tmp_path):
@@ -82,7 +82,7 @@ def test_scan_class_folder_labels_sorted_classes(tmp_path):
 
 def test_raw_from_list_file_stores_chw_bgr_with_caffe_keys(listed, tmp_path):
     list_path, root, images = listed
-    entries, _ = read_list_file(list_path)
+    entries, _ = read_image_list(list_path)
     assert convert_imageset(entries, str(tmp_path / "db"), root_folder=str(root)) == 3
     records = read_db(tmp_path / "db")
     assert [key for key, _ in records] == ["00000000_a/first image.png", "00000001_b/second.png",
@@ -100,27 +100,27 @@ def test_raw_from_class_folder_via_cli(tmp_path):
                                            "00000002_b/1.png"]
     assert [datum.label for _, datum in records] == [0, 0, 1]
     for key, datum in records:
-        np.testing.assert_array_equal(decode_datum(datum), chw(images[key[9:]]))
+        np.testing.assert_array_equal(datum_image(datum), chw(images[key[9:]]))
 
 
 def test_resize_uses_bilinear_like_caffe(listed, tmp_path):
     list_path, root, images = listed
-    entries, _ = read_list_file(list_path)
+    entries, _ = read_image_list(list_path)
     convert_imageset(entries, str(tmp_path / "db"), root_folder=str(root), resize=(3, 5))
     for (_, datum), (name, _) in zip(read_db(tmp_path / "db"), entries):
         expected = cv2.resize(images[name], (5, 3), interpolation=cv2.INTER_LINEAR)
         assert (datum.channels, datum.height, datum.width) == (3, 3, 5)
-        np.testing.assert_array_equal(decode_datum(datum), chw(expected))
+        np.testing.assert_array_equal(datum_image(datum), chw(expected))
 
 
 def test_gray_stores_one_channel(listed, tmp_path):
     list_path, root, _ = listed
-    entries, _ = read_list_file(list_path)
+    entries, _ = read_image_list(list_path)
     convert_imageset(entries, str(tmp_path / "db"), root_folder=str(root), gray=True)
     for (_, datum), (name, _) in zip(read_db(tmp_path / "db"), entries):
         expected = cv2.imread(str(root / name), cv2.IMREAD_GRAYSCALE)
         assert datum.channels == 1
-        np.testing.assert_array_equal(decode_datum(datum), expected[np.newaxis])
+        np.testing.assert_array_equal(datum_image(datum), expected[np.newaxis])
 
 
 def test_encoded_keeps_the_original_file_bytes(tmp_path):
@@ -141,8 +141,8 @@ def test_encoded_and_resized_is_reencoded_to_its_own_format(tmp_path):
     (_, png), (_, jpg) = read_db(tmp_path / "db")
     assert png.data.startswith(PNG_SIGNATURE) and jpg.data.startswith(JPEG_SIGNATURE)
     expected = cv2.resize(images["x/a.png"], (4, 4), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_array_equal(decode_datum(png), chw(expected))
-    assert decode_datum(jpg).shape == (3, 4, 4)
+    np.testing.assert_array_equal(datum_image(png), chw(expected))
+    assert datum_image(jpg).shape == (3, 4, 4)
 
 
 def test_encode_type_forces_the_format(tmp_path):
@@ -152,18 +152,18 @@ def test_encode_type_forces_the_format(tmp_path):
                      encoded=True, encode_type="png")
     (_, from_jpg), (_, from_png) = read_db(tmp_path / "db")
     assert from_jpg.data.startswith(PNG_SIGNATURE)
-    np.testing.assert_array_equal(decode_datum(from_jpg),
+    np.testing.assert_array_equal(datum_image(from_jpg),
                                   chw(cv2.imread(str(tmp_path / "set/x/a.jpg"))))
     assert from_png.data == (tmp_path / "set/x/b.png").read_bytes()
 
 
 def test_encoded_gray_stores_a_gray_file(listed, tmp_path):
     list_path, root, _ = listed
-    entries, _ = read_list_file(list_path)
+    entries, _ = read_image_list(list_path)
     convert_imageset(entries, str(tmp_path / "db"), root_folder=str(root), encoded=True, gray=True)
     for (_, datum), (name, _) in zip(read_db(tmp_path / "db"), entries):
         expected = cv2.imread(str(root / name), cv2.IMREAD_GRAYSCALE)
-        np.testing.assert_array_equal(decode_datum(datum), expected[np.newaxis])
+        np.testing.assert_array_equal(datum_image(datum), expected[np.newaxis])
 
 
 def test_shuffle_is_a_seeded_permutation(tmp_path):
@@ -299,10 +299,12 @@ def test_compute_image_mean_refuses_empty_or_missing_dbs(tmp_path):
         compute_image_mean(str(tmp_path / "missing"))
 
 
-def test_decode_datum_reads_float_data_and_rejects_bad_sizes():
+def test_datum_image_reads_float_data_and_rejects_bad_sizes():
     datum = Datum(channels=1, height=1, width=2, float_data=[0.5, 2.0])
-    np.testing.assert_array_equal(decode_datum(datum), [[[0.5, 2.0]]])
-    with pytest.raises(ValueError, match="3 values do not fill"):
-        decode_datum(Datum(channels=1, height=1, width=2, data=b"abc"))
-    with pytest.raises(ValueError, match="cannot be decoded"):
-        decode_datum(Datum(encoded=True, data=b"junk"))
+    np.testing.assert_array_equal(datum_image(datum), [[[0.5, 2.0]]])
+    with pytest.raises(ValueError, match="Datum data has 3 bytes for shape"):
+        datum_image(Datum(channels=1, height=1, width=2, data=b"abc"))
+    with pytest.raises(ValueError, match="1 float_data values for shape"):
+        datum_image(Datum(channels=1, height=1, width=2, float_data=[1.0]))
+    with pytest.raises(ValueError, match="cannot decode image"):
+        datum_image(Datum(encoded=True, data=b"junk"))

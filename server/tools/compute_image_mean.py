@@ -9,41 +9,12 @@ import argparse
 import os
 import sys
 
-import cv2
 import lmdb
 import numpy as np
 from tqdm import tqdm
 
 from server.caffe_proto import Datum, write_mean_binaryproto
-
-
-def decode_datum(datum):
-    """The (C, H, W) image of a Datum.
-
-    Encoded Datums are decoded as stored (``IMREAD_UNCHANGED``: BGR, or one
-    channel for a gray file) and must be 8-bit; raw ones give their uint8
-    ``data``, or float32 ``float_data`` when ``data`` is empty. Raises
-    ValueError when the payload cannot be decoded or does not match the
-    declared channels/height/width.
-    """
-    if datum.encoded:
-        image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise ValueError("encoded image cannot be decoded")
-        if image.dtype != np.uint8:
-            raise ValueError(f"encoded image is {image.dtype}, expected 8-bit")
-        if image.ndim == 2:
-            image = image[:, :, np.newaxis]
-        return image.transpose(2, 0, 1)
-    shape = (datum.channels, datum.height, datum.width)
-    size = int(np.prod(shape))
-    if datum.data:
-        values = np.frombuffer(datum.data, np.uint8)
-    else:
-        values = np.asarray(datum.float_data, np.float32)
-    if size == 0 or values.size != size:
-        raise ValueError(f"{values.size} values do not fill channels x height x width = {shape}")
-    return values.reshape(shape)
+from server.sources import datum_image
 
 
 def compute_image_mean(db_path, *, progress=False):
@@ -62,7 +33,7 @@ def compute_image_mean(db_path, *, progress=False):
         for key, value in records:
             where = f"{db_path}: record {key.decode('utf-8', 'replace')!r}"
             try:
-                image = decode_datum(Datum.FromString(value))
+                image = datum_image(Datum.FromString(value))
             except Exception as exc:  # protobuf's DecodeError differs between backends
                 raise ValueError(f"{where}: {exc}") from None
             if total is None:

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from server.caffe_proto import encoded_datum, image_to_datum
+from server.sources import read_image_list
 
 COMMIT_EVERY = 1000
 # Only address space: LMDB files are sparse on Linux and grow with the data.
@@ -43,32 +44,6 @@ class ImagesetError(Exception):
     def __init__(self, index, path, reason):
         super().__init__(f"{path}: {reason}")
         self.index, self.path, self.reason = index, path, reason
-
-
-def read_list_file(list_path):
-    """Parse a Caffe list file into ``(entries, line_numbers)``.
-
-    Each non-blank line is ``PATH LABEL``, split at the last space so PATH
-    may contain spaces; ``line_numbers[i]`` is the 1-based line of
-    ``entries[i]``. Raises ValueError naming the line for a malformed one.
-    """
-    entries, line_numbers = [], []
-    with open(list_path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip()
-            if not line:
-                continue
-            path, _, label = line.rpartition(" ")
-            try:
-                label = int(label)
-            except ValueError:
-                label = None
-            if not path or label is None or not -2**31 <= label < 2**31:
-                raise ValueError(f"{list_path} line {number}: expected 'PATH LABEL' "
-                                 f"with an int32 label, got {line!r}")
-            entries.append((path, label))
-            line_numbers.append(number)
-    return entries, line_numbers
 
 
 def scan_class_folder(folder):
@@ -262,7 +237,7 @@ def _entries_for(args):
         entries, classes = scan_class_folder(args.source)
         print(f"convert_imageset: {len(classes)} classes, {len(entries)} images", file=sys.stderr)
         return entries, args.source, lambda index: ""
-    entries, line_numbers = read_list_file(args.source)
+    entries, line_numbers = read_image_list(args.source)
     return entries, args.root_folder, lambda index: f"{args.source} line {line_numbers[index]}: "
 
 
