@@ -244,3 +244,15 @@ def test_client_without_server_times_out_naming_the_address():
         assert time.monotonic() - started < 3
     assert "connected to tcp://127.0.0.1:%d" % port in str(caught.value)
     assert "is the data server running" in str(caught.value)
+
+
+def test_batch_memory_is_bounded_by_max_inflight_mb(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    batch_bytes = 8 * 3 * 12 * 14 * 4 + 8 * 4
+    budget_mb = 3.5 * batch_bytes / 2**20
+    batches, status, log = serve_and_collect(
+        tmp_path, source, ["--batch-size", "8", "--workers", "2", "--epochs", "2",
+                           "--max-inflight-mb", "%.6f" % budget_mb], batches=8)
+    assert status == 0, log
+    assert "2 workers, 3 batch slots" in log  # 3 whole batches fit in the budget, and no more
+    assert sorted(int(i) for b in batches for i, e in zip(b[1], b[2]) if e == 0) == list(range(N))
