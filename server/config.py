@@ -19,7 +19,8 @@ import numpy as np
 from server.caffe_proto import read_mean_binaryproto
 from server.decode import COLOR_BGR, COLOR_GRAY
 from server.sources import SourceError, open_source
-from server.transform import TEST, TRAIN, TransformParams, output_shape
+from server.batch_layout import BatchLayout
+from server.transform import TEST, TRAIN, TransformParams
 
 DEFAULT_BIND = "tcp://*:5555"
 
@@ -144,8 +145,7 @@ class PreparedData:
     """A source checked against the transform: what the workers will serve."""
 
     source: object
-    transform: TransformParams
-    sample_shape: Tuple[int, int, int]  # C x H x W after the transform
+    layout: BatchLayout
 
 
 def _mean_array(config: ServerConfig, image_shape: Tuple[int, int, int]) -> Optional[np.ndarray]:
@@ -178,14 +178,14 @@ def prepare(config: ServerConfig) -> PreparedData:
         source = open_source(config.source, config.root_folder, config.color)
         source.open()
         try:
-            first = source.read(0).image
+            first = source.read(0)
         finally:
             source.close()
     except SourceError as exc:
         raise ConfigError("--source: %s" % exc) from None
     except Exception as exc:
         raise ConfigError("--source %s: cannot read the first sample: %s" % (config.source, exc)) from None
-    image_shape = tuple(int(d) for d in first.shape)
+    image_shape = tuple(int(d) for d in first["data"].shape)
     channels, height, width = image_shape
     if config.crop_size > min(height, width):
         raise ConfigError("--crop-size %d is larger than the %dx%d images of %s: "
@@ -193,4 +193,4 @@ def prepare(config: ServerConfig) -> PreparedData:
                           % (config.crop_size, height, width, config.source, min(height, width)))
     params = TransformParams(phase=config.phase, crop_size=config.crop_size, mirror=config.mirror,
                              scale=config.scale, mean=_mean_array(config, image_shape))
-    return PreparedData(source, params, output_shape(params, channels, height, width))
+    return PreparedData(source, BatchLayout.from_sample(first, params))

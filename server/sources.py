@@ -3,15 +3,16 @@
 Contract of a source: it is built in the supervisor (cheap: it lists what
 there is, then closes every handle), forked into the loader workers, and
 ``open()``ed in each worker after the fork, read-only. ``read(i)`` returns the
-i-th sample as a C x H x W image (uint8 or float32, BGR) and a label.
-``describe(i)`` names sample i for error messages (its key or file).
+i-th sample as a dict of arrays: for the image sources here, ``data`` (a
+C x H x W image, uint8 or float32, BGR) and ``label``. ``describe(i)`` names
+sample i for error messages (its key or file). ``transformable`` says
+whether Caffe's ``transform_param`` applies to ``data``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -23,14 +24,17 @@ class SourceError(ValueError):
     """The source cannot be used; the message names the file and the problem."""
 
 
-@dataclass
-class Sample:
-    image: np.ndarray  # C x H x W
-    label: float
+Sample = Dict[str, np.ndarray]
+
+
+def image_sample(image: np.ndarray, label: float) -> Sample:
+    return {"data": image, "label": np.float32(label)}
 
 
 class LmdbSource:
     """Caffe ``Datum`` records in an LMDB, raw (``data``/``float_data``) or encoded."""
+
+    transformable = True
 
     def __init__(self, path: str, color: str = COLOR_NATIVE):
         import lmdb
@@ -79,7 +83,7 @@ class LmdbSource:
             raise ValueError("record vanished from the LMDB")
         datum = Datum()
         datum.ParseFromString(value)
-        return Sample(datum_image(datum, self.color), float(datum.label))
+        return image_sample(datum_image(datum, self.color), datum.label)
 
 
 def datum_image(datum: Datum, color: str = COLOR_NATIVE) -> np.ndarray:
@@ -131,6 +135,8 @@ def read_image_list(list_path: str) -> Tuple[List[Tuple[str, int]], List[int]]:
 class ImageListSource:
     """Image files named by a Caffe ImageData list file, relative to ``root_folder``."""
 
+    transformable = True
+
     def __init__(self, list_path: str, root_folder: str = "", color: str = COLOR_BGR,
                  resize_hw: Tuple[int, int] = (0, 0)):
         self.entries, _ = read_image_list(list_path)
@@ -152,11 +158,13 @@ class ImageListSource:
 
     def read(self, index: int) -> Sample:
         path, label = self.entries[index]
-        return Sample(read_image_file(self.root_folder + path, self.color, self.resize_hw), float(label))
+        return image_sample(read_image_file(self.root_folder + path, self.color, self.resize_hw), label)
 
 
 class NpzSource:
     """``data`` (N x C x H x W, uint8 or float32) and ``label`` (N) arrays in an .npz file."""
+
+    transformable = True
 
     def __init__(self, path: str):
         self.path = path
@@ -190,7 +198,7 @@ class NpzSource:
         return "%s sample %d" % (self.path, index)
 
     def read(self, index: int) -> Sample:
-        return Sample(self._data[index], float(self._labels[index]))
+        return image_sample(self._data[index], self._labels[index])
 
 
 SOURCE_KINDS = ("lmdb", "imagelist", "npz")

@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import zmq
 
 from client_layer import wire
@@ -80,8 +79,8 @@ class DataServer:
         self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed,
                               config.shuffle, config.epochs)
         batch = config.batch_size
-        self.specs = [wire.array_spec("data", np.float32, (batch,) + prepared.sample_shape),
-                      wire.array_spec("label", np.float32, (batch,))]
+        self.specs = [wire.array_spec(name, dtype, shape)
+                      for name, dtype, shape in prepared.layout.batch_arrays(batch)]
         layout = [(s.name, s.dtype, s.shape) for s in self.specs]
         batch_bytes = sum(s.nbytes for s in self.specs)
         # Enough slots to keep every worker busy and a queue ready to send; more only add memory.
@@ -106,7 +105,7 @@ class DataServer:
     def _start_worker(self, worker_id: int) -> WorkerHandle:
         context = multiprocessing.get_context("fork")
         ours, theirs = context.Pipe(duplex=True)
-        setup = WorkerSetup(worker_id, self.prepared.source, self.prepared.transform,
+        setup = WorkerSetup(worker_id, self.prepared.source, self.prepared.layout,
                             self.slots, os.getpid())
         process = context.Process(target=loader_worker_main, args=(setup, theirs),
                                   name="zfeed-loader-%d" % worker_id, daemon=True)
@@ -196,9 +195,9 @@ class DataServer:
                                      self.config.connect, send_hwm=self.slots.slot_count + 1)
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
-            log.info("serving %d samples (%s) as %d x %s batches on %s; %d workers, %d batch slots of %.1f MB",
-                     len(self.prepared.source), self.config.source, self.config.batch_size,
-                     "x".join(map(str, self.prepared.sample_shape)),
+            log.info("serving %d samples (%s) as batches of %s on %s; %d workers, %d batch slots of %.1f MB",
+                     len(self.prepared.source), self.config.source,
+                     ", ".join("%s %s" % (s.name, "x".join(map(str, s.shape))) for s in self.specs),
                      ", ".join(self.config.bind + self.config.connect), len(self.workers),
                      self.slots.slot_count, self.batch_bytes / 2**20)
             poller = zmq.Poller()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from server.batch_buffer import BatchSlots
-from server.transform import TransformParams, choose_crop, transform_into
+from server.batch_layout import BatchLayout
 
 PARENT_CHECK_S = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -44,7 +44,7 @@ class WorkerSetup:
 
     worker_id: int
     source: Any
-    transform: TransformParams
+    layout: BatchLayout
     slots: BatchSlots
     parent_pid: int
 
@@ -63,21 +63,11 @@ def _die_with_parent() -> None:
 
 def fill_batch(setup: WorkerSetup, task: BatchTask) -> None:
     """Read, transform and write every sample of ``task`` into its slot."""
-    arrays = setup.slots.arrays(task.slot)
-    data, label = arrays["data"], arrays["label"]
-    source, params = setup.source, setup.transform
+    batch = setup.slots.arrays(task.slot)
+    source, layout = setup.source, setup.layout
     for row, (index, draw) in enumerate(zip(task.indices.tolist(), task.draws)):
         try:
-            sample = source.read(index)
-            image = sample.image
-            if image.shape[0] != data.shape[1]:
-                raise ValueError("it has %d channels, the batch %d" % (image.shape[0], data.shape[1]))
-            choice = choose_crop(params, image.shape[1], image.shape[2], draw)
-            if (choice.height, choice.width) != data.shape[2:]:
-                raise ValueError("it is %dx%d, the batch holds %dx%d images (set a crop size or resize)"
-                                 % (image.shape[1], image.shape[2], data.shape[2], data.shape[3]))
-            transform_into(image, params, choice, data[row])
-            label[row] = sample.label
+            layout.write_sample(source.read(index), draw, batch, row)
         except Exception as exc:
             raise SampleError("%s: %s" % (source.describe(index), exc)) from exc
 
