@@ -50,6 +50,8 @@ class ServerConfig:
     max_inflight_mb: float = 512.0
     log_interval_s: float = 5.0
     stream_id: str = ""
+    on_bad_sample: str = "skip"
+    state_dir: str = ""
 
 
 def _positive_int(text: str) -> int:
@@ -111,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--mean-file", default="", help="mean.binaryproto of the full image size")
     tf.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between throughput lines")
+    faults = parser.add_argument_group("faults")
+    faults.add_argument("--on-bad-sample", choices=("skip", "fail"), default="skip",
+                        help="skip: log an unreadable sample once, count it and fill the batch with the "
+                             "next samples (default); fail: stop, naming the sample")
+    faults.add_argument("--state-dir", default="",
+                        help="directory where the server keeps its stream position, so that a "
+                             "restarted server resumes its epoch instead of starting over")
     return parser
 
 
@@ -127,6 +136,8 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
         raise ConfigError("--scale %s: must be positive" % args.scale)
     if args.max_inflight_mb <= 0:
         raise ConfigError("--max-inflight-mb must be positive")
+    if args.state_dir and not os.path.isdir(args.state_dir):
+        raise ConfigError("--state-dir %s is not a directory: create it or give another" % args.state_dir)
     bind = args.bind or ([] if args.connect else [DEFAULT_BIND])
     color = COLOR_BGR if args.force_color else COLOR_GRAY if args.force_gray else None
     return ServerConfig(
@@ -137,6 +148,7 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
         mean_values=args.mean_value, mean_file=args.mean_file, scale=args.scale, color=color,
         max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
+        on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
     )
 
 

@@ -2,16 +2,19 @@
 
 The stream is Caffe's: epochs follow each other without a gap, and a batch
 that reaches the end of an epoch is completed from the start of the next one
-(as Caffe's Data layer wraps around its database). The order of epoch e is a
-permutation drawn from (seed, e) when shuffling, else dataset order. The
-draws of batch k come from (seed, k). So the content of every batch depends
-on the seed, e and k only: never on workers, timing or who computes it.
+(as Caffe's Data layer wraps around its database). Stream position p is
+sample ``p mod size`` of epoch ``p div size``'s order: a permutation drawn
+from (seed, epoch) when shuffling, else dataset order. Batch k takes
+positions kB to kB + B - 1 and the draws (crop offsets, flips) of (seed, k).
+So the content of every batch depends on the seed, e and k only: never on
+workers, timing or who computes it. (A skipped bad sample is replaced by the
+next free position; see server/assembly.py.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -49,11 +52,15 @@ class EpochPlan:
         self._cached_order = np.arange(dataset_size, dtype=np.int64)
 
     @property
+    def total_positions(self) -> Optional[int]:
+        """Positions in ``epochs`` epochs (None: the stream is endless)."""
+        return None if self.epochs is None else self.epochs * self.dataset_size
+
+    @property
     def batch_count(self) -> Optional[int]:
         """Batches until ``epochs`` epochs are covered (the last one completed from the next epoch)."""
-        if self.epochs is None:
-            return None
-        return -(-self.epochs * self.dataset_size // self.batch_size)
+        total = self.total_positions
+        return None if total is None else -(-total // self.batch_size)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Dataset indices in the order epoch ``epoch`` visits them."""
@@ -65,15 +72,23 @@ class EpochPlan:
             self._cached_epoch = epoch
         return self._cached_order
 
-    def batch(self, seq: int) -> BatchPlan:
-        start = seq * self.batch_size
-        positions = np.arange(start, start + self.batch_size, dtype=np.int64)
+    def locate(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Dataset index (int64) and epoch (int32) of each stream position."""
         epochs = positions // self.dataset_size
         offsets = positions % self.dataset_size
-        indices = np.empty(self.batch_size, dtype=np.int64)
+        indices = np.empty(len(positions), dtype=np.int64)
         for epoch in np.unique(epochs):
             mask = epochs == epoch
             indices[mask] = self.epoch_order(int(epoch))[offsets[mask]]
+        return indices, epochs.astype(np.int32)
+
+    def draws(self, seq: int) -> np.ndarray:
+        """The (batch_size, DRAWS_PER_SAMPLE) uniforms of batch ``seq``, one row per batch row."""
         rng = np.random.Generator(np.random.PCG64([self.seed, _DRAW_STREAM, seq]))
-        draws = rng.random((self.batch_size, DRAWS_PER_SAMPLE))
-        return BatchPlan(seq, indices, epochs.astype(np.int32), draws)
+        return rng.random((self.batch_size, DRAWS_PER_SAMPLE))
+
+    def batch(self, seq: int) -> BatchPlan:
+        """Batch ``seq`` when no sample is skipped: positions seq*B to (seq+1)*B - 1."""
+        start = seq * self.batch_size
+        indices, epochs = self.locate(np.arange(start, start + self.batch_size, dtype=np.int64))
+        return BatchPlan(seq, indices, epochs, self.draws(seq))

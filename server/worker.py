@@ -1,10 +1,16 @@
 """What runs inside a loader worker process.
 
-A worker receives batch tasks from the supervisor on its own pipe, reads and
-transforms every sample of the batch straight into the batch's shared-memory
-slot, and answers on the same pipe. It exits when the pipe closes, when it
-receives ``None``, or when its parent is gone (PDEATHSIG, and a ppid check
-every ``PARENT_CHECK_S`` in case the signal was missed).
+A worker receives ``RowTask``s from the supervisor on its own pipe, reads and
+transforms each sample straight into its row of the batch's shared-memory
+slot, and answers ``(DONE, task_id, bad_rows)`` on the same pipe, where
+``bad_rows`` maps a row to the reason its sample could not be used. Before
+each sample it writes the sample's index into its cell of ``progress``, so
+that if it dies the supervisor knows which sample it was on.
+
+It exits when it receives ``None``, when the pipe closes, or when its parent
+is gone (PDEATHSIG, and a ppid check every ``PARENT_CHECK_S`` in case the
+signal was missed). It ignores SIGINT and SIGTERM: stopping is the
+supervisor's to decide (NOTE [ Shutdown protocol ] in supervisor.py).
 """
 
 from __future__ import annotations
@@ -12,30 +18,19 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Dict
 
-import numpy as np
-
+from server.assembly import RowTask
 from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout
 
 PARENT_CHECK_S = 0.5
+IDLE = -1
 _PR_SET_PDEATHSIG = 1
 
-# Messages from worker to supervisor.
 DONE = "done"
-FAILED = "failed"
-
-
-@dataclass
-class BatchTask:
-    seq: int
-    slot: int
-    indices: np.ndarray
-    draws: np.ndarray
 
 
 @dataclass
@@ -46,11 +41,8 @@ class WorkerSetup:
     source: Any
     layout: BatchLayout
     slots: BatchSlots
+    progress: Any  # shared int64 array, one cell per worker: the index being read, or IDLE
     parent_pid: int
-
-
-class SampleError(Exception):
-    """A sample could not be read or transformed; the message names it."""
 
 
 def _die_with_parent() -> None:
@@ -58,25 +50,27 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
-        pass  # not Linux: the ppid check below still ends the worker
+        pass  # not Linux: the ppid check in the loop still ends the worker
 
 
-def fill_batch(setup: WorkerSetup, task: BatchTask) -> None:
-    """Read, transform and write every sample of ``task`` into its slot."""
+def fill_rows(setup: WorkerSetup, task: RowTask) -> Dict[int, str]:
+    """Write the samples of ``task`` into their rows; returns {row: reason} for bad ones."""
     batch = setup.slots.arrays(task.slot)
-    source, layout = setup.source, setup.layout
-    for row, (index, draw) in enumerate(zip(task.indices.tolist(), task.draws)):
+    source, layout, progress, cell = setup.source, setup.layout, setup.progress, setup.worker_id
+    bad_rows = {}
+    for row, index, draw in zip(task.rows.tolist(), task.indices.tolist(), task.draws):
+        progress[cell] = index
         try:
             layout.write_sample(source.read(index), draw, batch, row)
-        except Exception as exc:
-            raise SampleError("%s: %s" % (source.describe(index), exc)) from exc
+        except Exception as exc:  # any failure of one sample is that sample's, reported by name
+            bad_rows[row] = "%s: %s" % (source.describe(index), exc)
+    progress[cell] = IDLE
+    return bad_rows
 
 
 def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
     """Entry point of a loader worker process."""
     _die_with_parent()
-    # Stopping is the supervisor's to decide (NOTE [ Shutdown protocol ] in supervisor.py):
-    # Ctrl-C or a SIGTERM sent to the whole process group must not kill workers under it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup.source.open()
@@ -92,11 +86,6 @@ def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
                 return
             if task is None:
                 return
-            try:
-                fill_batch(setup, task)
-            except SampleError as exc:
-                connection.send((FAILED, task.seq, task.slot, str(exc), traceback.format_exc()))
-                continue
-            connection.send((DONE, task.seq, task.slot))
+            connection.send((DONE, task.task_id, fill_rows(setup, task)))
     finally:
         setup.source.close()

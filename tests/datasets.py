@@ -45,3 +45,12 @@ def write_image_list(folder: Path, images: np.ndarray, labels: Sequence[int]) ->
     list_path = folder / "list.txt"
     list_path.write_text("\n".join(lines) + "\n")
     return list_path
+
+
+def corrupt_records(db: Path, values: dict) -> None:
+    """Overwrite records "%08d" % i of an LMDB with the given raw bytes."""
+    env = lmdb.open(str(db))
+    with env.begin(write=True) as txn:
+        for index, value in values.items():
+            txn.put(b"%08d" % index, value)
+    env.close()

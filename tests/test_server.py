@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from client_layer import BatchClient, NoDataError
-from datasets import random_images, write_image_list, write_lmdb, write_npz
+from datasets import corrupt_records, random_images, write_image_list, write_lmdb, write_npz
 from processes import ServerProcess, alive, child_pids, free_port, run_server
 from server.plan import EpochPlan
 from server.transform import TransformParams, choose_crop, transform_into
@@ -175,19 +175,15 @@ def test_sigkill_of_the_server_takes_its_workers_along(tmp_path, images, labels)
         assert not [pid for pid in workers if alive(pid)]
 
 
-def test_bad_sample_stops_the_server_naming_it(tmp_path, images, labels):
+def test_bad_sample_with_fail_policy_stops_the_server_naming_it(tmp_path, images, labels):
     db = write_lmdb(tmp_path / "db", images, labels, encode=".png")
-    import lmdb
-    env = lmdb.open(str(db))
-    with env.begin(write=True) as txn:
-        txn.put(b"%08d" % 4, b"\x08\x01not a datum")
-    env.close()
+    corrupt_records(db, {4: b"\x08\x01not a datum"})
     port = free_port()
     args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "test",
-            "--batch-size", "10", "--workers", "1"]
+            "--batch-size", "10", "--workers", "1", "--on-bad-sample", "fail"]
     with ServerProcess(args, tmp_path / "server.log") as server:
         assert server.wait() == 1
-    assert "key '00000004'" in server.log
+    assert "cannot load LMDB %s key '00000004'" % db in server.log
 
 
 @pytest.mark.parametrize("extra, message", [
