@@ -1,12 +1,15 @@
 """``--state-dir``: where a restarted server resumes its stream.
 
-The state is the next sequence number to send and the stream position below
-which every sample has been sent (server/assembly.py, ``low_water_position``),
-written atomically at most every ``SAVE_INTERVAL_S`` and at shutdown. It is
-only reused by a server serving the same stream: same source, size, seed,
-batch size, shuffling and epochs; otherwise it is ignored with a log line.
-A restart can repeat the batches sent since the last save and the samples
-of top-up rows above the low-water position; it never skips a sample.
+The state is the first batch sequence number not yet handed to the kernel
+and the stream position below which every sample has been (server/assembly.py,
+``low_water_position``, and the batches ZeroMQ still holds), written
+atomically at most every ``SAVE_INTERVAL_S`` and at shutdown. A batch in the
+kernel's socket buffer reaches a trainer that stays connected, so a restart
+loses no sample; it can repeat the batches ZeroMQ held at shutdown (at most
+the slot count), those released since the last save (after a SIGKILL), and
+top-up rows above the low-water position. The state is only reused by a
+server serving the same stream (same source, size, seed, batch size,
+shuffling, epochs and phase); otherwise it is ignored with a log line.
 """
 
 from __future__ import annotations

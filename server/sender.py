@@ -1,14 +1,15 @@
 """The PUSH socket and zero-copy sending of batches held in shared slots.
 
 ``BatchSender.send`` puts a batch's header and its arrays' frames on the
-socket without copying them and remembers the slot until ZeroMQ's tracker
-says every frame has left; ``release_sent`` returns the slots whose frames
-are gone. Only slots are ever queued, so the slots bound what is in flight.
+socket without copying them and keeps the caller's token (the batch) until
+ZeroMQ's tracker says every frame has left for the kernel; ``release_sent``
+returns the tokens whose frames are gone, so their slots can be reused.
+Only slots are ever queued, so the slots bound what is in flight.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import zmq
@@ -32,7 +33,7 @@ class BatchSender:
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
-        self._in_flight: List[Tuple[zmq.MessageTracker, int]] = []
+        self._in_flight: List[Tuple[zmq.MessageTracker, Any]] = []
         try:
             for endpoint in bind:
                 try:
@@ -59,22 +60,27 @@ class BatchSender:
         """Batches handed to ZeroMQ whose slots are not released yet."""
         return len(self._in_flight)
 
-    def send(self, seq: int, slot: int, arrays: Dict[str, np.ndarray],
-             indices: np.ndarray, epochs: np.ndarray) -> None:
-        """Send batch ``seq`` from ``arrays`` (views of ``slot``) without copying them."""
+    def send(self, seq: int, arrays: Dict[str, np.ndarray], indices: np.ndarray,
+             epochs: np.ndarray, token: Any) -> None:
+        """Send batch ``seq`` from ``arrays`` without copying them; ``token`` comes
+        back from ``release_sent`` once ZeroMQ no longer needs the arrays."""
         parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs)]
         for spec in self.specs:
             parts.extend(wire.array_frames(spec, arrays[spec.name]))
         frames = [zmq.Frame(part, copy=False, track=True) for part in parts]
         self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        self._in_flight.append((zmq.MessageTracker(*frames), slot))
+        self._in_flight.append((zmq.MessageTracker(*frames), token))
 
-    def release_sent(self) -> List[int]:
-        """Slots whose frames ZeroMQ has finished with."""
-        released = [slot for tracker, slot in self._in_flight if tracker.done]
+    def release_sent(self) -> List[Any]:
+        """Tokens of the batches whose frames ZeroMQ has finished with, in send order."""
+        released = [token for tracker, token in self._in_flight if tracker.done]
         if released:
-            self._in_flight = [(t, slot) for t, slot in self._in_flight if not t.done]
+            self._in_flight = [(t, token) for t, token in self._in_flight if not t.done]
         return released
+
+    def unreleased(self) -> List[Any]:
+        """Tokens of the batches still in ZeroMQ's hands."""
+        return [token for _tracker, token in self._in_flight]
 
     def close(self) -> None:
         self.socket.close()

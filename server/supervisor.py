@@ -158,7 +158,7 @@ class DataServer:
     def _send_ready(self, sender: BatchSender) -> None:
         while self.assembly.complete(self.next_send) and sender.can_send:
             batch = self.assembly.pop(self.next_send)
-            sender.send(batch.seq, batch.slot, self.slots.arrays(batch.slot), batch.indices, batch.epochs)
+            sender.send(batch.seq, self.slots.arrays(batch.slot), batch.indices, batch.epochs, token=batch)
             self.next_send += 1
             self.throughput.sent_batch()
 
@@ -166,9 +166,14 @@ class DataServer:
         return (not self.assembly.can_start and not self.assembly.pending and not self.queue
                 and not sender.in_flight)
 
-    def _save_resume_state(self, force: bool = False) -> None:
-        if self.resume:
-            self.resume.save(self.next_send, self.assembly.low_water_position, force=force)
+    def _save_resume_state(self, sender: Optional[BatchSender], force: bool = False) -> None:
+        """Record where to resume: batches ZeroMQ still holds count as not sent (see resume_state)."""
+        if not self.resume:
+            return
+        unreleased = sender.unreleased() if sender is not None else []
+        seq = min((b.seq for b in unreleased), default=self.next_send)
+        position = min([b.first_position for b in unreleased] + [self.assembly.low_water_position])
+        self.resume.save(seq, position, force=force)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -209,8 +214,8 @@ class DataServer:
                 self._assign()
                 self._poll(sender)
                 self._send_ready(sender)
-                self.free_slots.extend(sender.release_sent())
-                self._save_resume_state()
+                self.free_slots.extend(batch.slot for batch in sender.release_sent())
+                self._save_resume_state(sender)
                 self.throughput.maybe_log(len(self.assembly.pending) + sender.in_flight,
                                           self.pool.busy_count())
             if self.stop_signal is not None:
@@ -223,7 +228,7 @@ class DataServer:
             return 0
         finally:
             self.pool.stop()
-            self._save_resume_state(force=True)
+            self._save_resume_state(sender, force=True)
             if sender is not None:
                 sender.close()
             context.term()

@@ -1,0 +1,199 @@
+"""Faults the server must survive: dead workers, bad samples, restarts, lost trainers, garbage."""
+
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+from client_layer import BatchClient
+from datasets import corrupt_records, random_images, write_lmdb, write_npz
+from processes import ServerProcess, child_pids, free_port
+
+
+def deliveries(batches):
+    return Counter((int(e), int(i)) for b in batches for e, i in zip(b.epochs, b.indices))
+
+
+def receive_all(client, count):
+    batches = []
+    for _ in range(count):
+        batch = client.receive()
+        batch.array("data")  # every batch decodes whole
+        batches.append(batch)
+    return batches
+
+
+def test_killed_workers_are_replaced_and_every_sample_arrives_once(tmp_path):
+    size, batch_size, epochs = 120, 8, 4
+    db = write_lmdb(tmp_path / "db", random_images(size, (3, 64, 64), seed=1), range(size), encode=".png")
+    port = free_port()
+    args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(batch_size),
+            "--workers", "2", "--epochs", str(epochs), "--crop-size", "56", "--mirror", "--seed", "3"]
+    kills = []
+    with ServerProcess(args, tmp_path / "server.log") as server, \
+            BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
+        server.wait_for_log("serving")
+        stop = threading.Event()
+
+        def kill_workers_at_random():
+            rng = random.Random(7)
+            while not stop.wait(rng.uniform(0.05, 0.25)) and len(kills) < 12:
+                workers = child_pids(server.process.pid)
+                if workers:
+                    victim = rng.choice(workers)
+                    try:
+                        os.kill(victim, signal.SIGKILL)
+                        kills.append(victim)
+                    except ProcessLookupError:
+                        pass
+
+        killer = threading.Thread(target=kill_workers_at_random)
+        killer.start()
+        try:
+            batches = []
+            for _ in range(epochs * size // batch_size):
+                batches.append(client.receive())
+                time.sleep(0.02)  # a trainer that computes, so kills land while workers work
+        finally:
+            stop.set()
+            killer.join(10)
+        assert server.wait() == 0, server.log
+    assert len(kills) >= 5
+    counts = deliveries(batches)
+    assert all(counts[(e, i)] == 1 for e in range(epochs) for i in range(size))
+    assert sum(counts.values()) == epochs * size
+    assert server.log.count("killed by signal SIGKILL") == len(kills)
+    assert "restarting it and re-issuing" in server.log
+
+
+def test_bad_samples_are_skipped_once_logged_and_batches_stay_full(tmp_path):
+    size, batch_size, epochs = 40, 6, 2
+    images = random_images(size, (3, 16, 16), seed=2)
+    db = write_lmdb(tmp_path / "db", images, range(size), encode=".png")
+    import cv2
+    ok, png = cv2.imencode(".png", random_images(1, (16, 16, 3))[0])
+    ok, small = cv2.imencode(".png", random_images(1, (8, 8, 3))[0])
+    from server.caffe_proto import encoded_datum, image_to_datum
+    bad = {
+        3: b"\x08\x01not a datum",
+        11: encoded_datum(png.tobytes()[: len(png) // 2], 11).SerializeToString(),  # truncated PNG
+        20: encoded_datum(small.tobytes(), 20).SerializeToString(),  # wrong size
+        29: image_to_datum(random_images(1, (1, 16, 16))[0], 29).SerializeToString(),  # wrong channels
+    }
+    corrupt_records(db, bad)
+    port = free_port()
+    args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(batch_size),
+            "--workers", "2", "--epochs", str(epochs), "--phase", "test"]
+    good_total = epochs * (size - len(bad))
+    with ServerProcess(args, tmp_path / "server.log") as server, \
+            BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
+        batches = receive_all(client, -(-good_total // batch_size))
+        assert server.wait() == 0, server.log
+    assert all(b.size == batch_size for b in batches)
+    counts = deliveries(batches)
+    for epoch in range(epochs):
+        assert sorted(i for (e, i) in counts if e == epoch) == sorted(set(range(size)) - set(bad))
+    assert max(counts.values()) == 1
+    for index in bad:
+        assert server.log.count("skipping LMDB %s key '%08d'" % (db, index)) == 1
+    assert "skipped %d samples (4 distinct bad samples)" % (epochs * len(bad)) in server.log
+    for batch in batches:  # every delivered row is the image its index names
+        data = batch.array("data")
+        for row, index in enumerate(batch.indices):
+            assert np.array_equal(data[row], images[index])
+
+
+def test_restarted_server_resumes_its_stream_from_state_dir(tmp_path):
+    size, batch_size = 50, 5
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", random_images(size, (3, 8, 8)), range(size))
+    port = free_port()
+    state = tmp_path / "state"
+    state.mkdir()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(batch_size),
+            "--phase", "test", "--state-dir", str(state)]
+    with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
+        with ServerProcess(args, tmp_path / "first.log") as first:
+            before = receive_all(client, 4)
+            assert first.stop(signal.SIGTERM) == 0, first.log
+        with ServerProcess(args, tmp_path / "second.log") as second:
+            after = receive_all(client, 16)
+            second.stop()
+    assert "resuming from" in second.log
+    positions = [int(e) * size + int(i) for b in before + after for e, i in zip(b.epochs, b.indices)]
+    assert positions[:20] == list(range(20))
+    # Nothing lost; at most the batches ZeroMQ held at the stop come again.
+    assert set(range(max(positions) + 1)) <= set(positions)
+    repeats = len(positions) - len(set(positions))
+    assert repeats <= 12 * batch_size
+    assert max(positions) < 2 * size  # resumed in the first epochs, not from scratch
+
+
+def test_layer_waits_for_a_server_that_comes_back(tmp_path, caplog):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", random_images(20, (3, 8, 8)), range(20))
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "4"]
+    with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
+        with ServerProcess(args, tmp_path / "first.log") as first:
+            client.receive()
+            first.process.kill()
+            first.process.wait(10)
+        while True:  # what the dead server left in flight still arrives; then the client waits
+            try:
+                client.timeout_s = 1
+                client.receive()
+            except TimeoutError:
+                break
+        client.timeout_s = 30
+        restarted = threading.Timer(6, lambda: servers.append(ServerProcess(args, tmp_path / "second.log")))
+        servers = []
+        restarted.start()
+        try:
+            started = time.monotonic()
+            batch = client.receive()
+            waited = time.monotonic() - started
+        finally:
+            restarted.join()
+            for server in servers:
+                server.close()
+    assert batch.size == 4 and 5 < waited < 25
+    assert any("waiting for data for 5 s (connected to tcp://127.0.0.1:%d)" % port in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_trainer_that_vanishes_does_not_stall_the_others(tmp_path):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", random_images(64, (3, 32, 32)), range(64))
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "8", "--workers", "1"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        survivor = BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=20)
+        with survivor:
+            with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=20) as doomed:
+                receive_all(doomed, 3)
+            rss_before = None
+            for round_ in range(6):
+                receive_all(survivor, 100)
+                rss = int([line for line in open("/proc/%d/status" % server.process.pid)
+                           if line.startswith("VmRSS")][0].split()[1])
+                rss_before = rss_before or rss
+            assert rss < rss_before * 1.2 + 2048  # kB: no growth for the trainer that left
+        assert server.stop() == 0
+
+
+def test_garbage_on_the_server_port_does_not_disturb_it(tmp_path):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", random_images(16, (3, 8, 8)), range(16))
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "4"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        server.wait_for_log("serving")
+        for payload in (b"GET / HTTP/1.0\r\n\r\n", os.urandom(4096), b"\xff" + b"\x00" * 8 + b"\x7f" * 100):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as intruder:
+                intruder.sendall(payload)
+        with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=20) as client:
+            assert receive_all(client, 5)[-1].size == 4
+        assert server.process.poll() is None
+        assert server.stop() == 0
