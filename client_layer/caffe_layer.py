@@ -28,7 +28,8 @@ log = logging.getLogger("zfeed.layer")
 
 WAIT_REPORT_INTERVAL_S = 30.0
 DEFAULT_TOPS = ("data", "label")
-_KEYS = ("address", "bind", "timeout_s", "tops", "prefetch", "max_batch_mb")
+_KEYS = ("address", "bind", "timeout_s", "tops", "prefetch", "max_batch_mb",
+         "curve_secret_key", "curve_server_key")
 
 
 class LayerParams:
@@ -54,6 +55,8 @@ class LayerParams:
         self.tops: List[str] = list(params.get("tops", DEFAULT_TOPS))
         self.prefetch = int(params.get("prefetch", DEFAULT_PREFETCH))
         self.max_batch_bytes = int(float(params.get("max_batch_mb", 2048)) * 2**20)
+        self.curve_secret_key = params.get("curve_secret_key")
+        self.curve_server_key = params.get("curve_server_key")
 
 
 def _ensure_log_output() -> None:
@@ -78,7 +81,8 @@ class ZmqDataLayer(caffe.Layer):
                              "list the arrays in param_str \"tops\" or change the tops"
                              % (len(top), len(self.params.tops), ", ".join(self.params.tops)))
         self.client = BatchClient(self.params.address, self.params.bind, self.params.timeout_s,
-                                  self.params.prefetch, self.params.max_batch_bytes)
+                                  self.params.prefetch, self.params.max_batch_bytes,
+                                  self.params.curve_secret_key, self.params.curve_server_key)
         self.pending = self.client.receive()
         # Caffe's top vector cannot be iterated from Python, only indexed.
         self.shapes = [self.pending.spec(name).shape for name in self.params.tops]

@@ -16,9 +16,10 @@ import atexit
 import logging
 import time
 import weakref
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import zmq
+import zmq.auth
 
 from client_layer import wire
 
@@ -61,7 +62,8 @@ class BatchClient:
 
     def __init__(self, address: Endpoints = None, bind: Endpoints = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S, prefetch: int = DEFAULT_PREFETCH,
-                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES):
+                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                 curve_secret_key: Optional[str] = None, curve_server_key: Optional[str] = None):
         self.connect_to = _as_list(address)
         self.bind_to = _as_list(bind)
         if not self.connect_to and not self.bind_to:
@@ -71,12 +73,15 @@ class BatchClient:
         self.timeout_s = float(timeout_s)
         self.max_batch_bytes = int(max_batch_bytes)
         self.wait_s = 0.0  # total time receive() spent waiting
+        self.rejected = 0  # malformed messages dropped
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PULL)
         _open_clients.add(self)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, max(1, int(prefetch)))
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(wire.MAX_FRAME_BYTES, wire.MAX_HEADER_BYTES))
+        if curve_secret_key or curve_server_key:
+            self._use_curve(curve_secret_key, curve_server_key)
         try:
             for endpoint in self.bind_to:
                 self._socket.bind(endpoint)
@@ -85,6 +90,23 @@ class BatchClient:
         except zmq.ZMQError as exc:
             self.close()
             raise ValueError("cannot use endpoint %s: %s" % (self.endpoints, exc)) from None
+
+    def _use_curve(self, secret_key_file: Optional[str], server_key_file: Optional[str]) -> None:
+        if not (secret_key_file and server_key_file):
+            self.close()
+            raise ValueError("CURVE needs both this trainer's secret key file and the server's public key file")
+        try:
+            public, secret = zmq.auth.load_certificate(secret_key_file)
+            server_public, _ = zmq.auth.load_certificate(server_key_file)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise ValueError("cannot read CURVE key: %s" % exc) from None
+        if secret is None:
+            self.close()
+            raise ValueError("%s holds no secret key: give this trainer's .key_secret file" % secret_key_file)
+        self._socket.curve_secretkey = secret
+        self._socket.curve_publickey = public
+        self._socket.curve_serverkey = server_public
 
     @property
     def endpoints(self) -> str:
@@ -101,23 +123,33 @@ class BatchClient:
         return "no batch within %.1f s (%s): %s" % (waited, self.endpoints, hint)
 
     def receive(self) -> wire.Batch:
-        """The next batch. Raises ``NoDataError`` after ``timeout_s`` without one,
-        ``wire.WireError`` for a malformed message."""
+        """The next valid batch. Raises ``NoDataError`` after ``timeout_s`` without one.
+
+        A malformed message (``wire.WireError``) is dropped, logged and counted
+        in ``rejected``: whoever can reach the socket must not be able to stop
+        training by sending garbage.
+        """
         started = time.monotonic()
         deadline = started + self.timeout_s
         next_log = started + WAIT_LOG_INTERVAL_S
         try:
-            while not self._socket.poll(int(max(0.0, min(deadline, next_log) - time.monotonic()) * 1000) + 1):
+            while True:
+                if self._socket.poll(int(max(0.0, min(deadline, next_log) - time.monotonic()) * 1000) + 1):
+                    frames = self._socket.recv_multipart(copy=False)
+                    try:
+                        return wire.decode_batch(frames, self.max_batch_bytes)
+                    except wire.WireError as exc:
+                        self.rejected += 1
+                        log.warning("dropped a malformed message (%s): %s", self.endpoints, exc)
+                        continue
                 now = time.monotonic()
                 if now >= deadline:
                     raise NoDataError(self._no_data_message(now - started))
                 if now >= next_log:
                     log.warning("waiting for data for %.0f s (%s)", now - started, self.endpoints)
                     next_log = now + WAIT_LOG_INTERVAL_S
-            frames = self._socket.recv_multipart(copy=False)
         finally:
             self.wait_s += time.monotonic() - started
-        return wire.decode_batch(frames, self.max_batch_bytes)
 
     def __iter__(self) -> "BatchClient":
         return self

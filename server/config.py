@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from server.caffe_proto import read_mean_binaryproto
+from server.curve import CurveError, CurveServer
 from server.decode import COLOR_BGR, COLOR_GRAY
 from server.sources import SourceError, open_source
 from server.batch_layout import BatchLayout
@@ -52,6 +53,8 @@ class ServerConfig:
     stream_id: str = ""
     on_bad_sample: str = "skip"
     state_dir: str = ""
+    curve_secret_key: str = ""
+    allow_client_keys: List[str] = field(default_factory=list)
 
 
 def _positive_int(text: str) -> int:
@@ -113,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--mean-file", default="", help="mean.binaryproto of the full image size")
     tf.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between throughput lines")
+    security = parser.add_argument_group("security (CURVE: encryption and trainer authentication)")
+    security.add_argument("--curve-secret-key", default="",
+                          help="this server's .key_secret file (python -m server.tools.keygen)")
+    security.add_argument("--allow-client-key", action="append", default=[],
+                          help="public .key file of a trainer allowed to connect; repeatable")
     faults = parser.add_argument_group("faults")
     faults.add_argument("--on-bad-sample", choices=("skip", "fail"), default="skip",
                         help="skip: log an unreadable sample once, count it and fill the batch with the "
@@ -136,6 +144,13 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
         raise ConfigError("--scale %s: must be positive" % args.scale)
     if args.max_inflight_mb <= 0:
         raise ConfigError("--max-inflight-mb must be positive")
+    if args.allow_client_key and not args.curve_secret_key:
+        raise ConfigError("--allow-client-key needs --curve-secret-key (the server's own key)")
+    if args.curve_secret_key:
+        try:
+            CurveServer(args.curve_secret_key, args.allow_client_key)
+        except CurveError as exc:
+            raise ConfigError(str(exc)) from None
     if args.state_dir and not os.path.isdir(args.state_dir):
         raise ConfigError("--state-dir %s is not a directory: create it or give another" % args.state_dir)
     bind = args.bind or ([] if args.connect else [DEFAULT_BIND])
@@ -149,6 +164,7 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
         max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
+        curve_secret_key=args.curve_secret_key, allow_client_keys=args.allow_client_key,
     )
 
 

@@ -9,12 +9,13 @@ Only slots are ever queued, so the slots bound what is in flight.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import zmq
 
 from client_layer import wire
+from server.curve import CurveServer
 
 SHUTDOWN_LINGER_MS = 2000
 
@@ -27,12 +28,15 @@ class BatchSender:
     """A PUSH socket bound to ``bind`` and connected to ``connect`` endpoints."""
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
-                 bind: Sequence[str], connect: Sequence[str], send_hwm: int):
+                 bind: Sequence[str], connect: Sequence[str], send_hwm: int,
+                 curve: Optional[CurveServer] = None):
         self.stream_id = stream_id
         self.specs = list(specs)
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
+        if curve is not None:
+            curve.secure(self.socket)
         self._in_flight: List[Tuple[zmq.MessageTracker, Any]] = []
         try:
             for endpoint in bind:

@@ -46,6 +46,7 @@ from client_layer import wire
 from server.assembly import MAX_CRASHES, BatchAssembly, RowTask
 from server.batch_buffer import BatchSlots
 from server.config import PreparedData, ServerConfig
+from server.curve import CurveServer
 from server.plan import EpochPlan
 from server.resume_state import ResumeState
 from server.sender import BatchSender, SenderError
@@ -198,16 +199,22 @@ class DataServer:
         self.pool = WorkerPool(self._worker_setup, self.config.workers, self.progress)
         context = zmq.Context()
         sender = None
+        curve = None
         try:
+            if self.config.curve_secret_key:
+                curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
+                curve.start(context)
             try:
                 sender = BatchSender(context, self.config.stream_id, self.specs, self.config.bind,
-                                     self.config.connect, send_hwm=self.slots.slot_count + 1)
+                                     self.config.connect, send_hwm=self.slots.slot_count + 1, curve=curve)
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
-            log.info("serving %d samples (%s) as batches of %s on %s; %d workers, %d batch slots of %.1f MB",
+            log.info("serving %d samples (%s) as batches of %s on %s%s; %d workers, %d batch slots of %.1f MB",
                      len(self.prepared.source), self.config.source,
                      ", ".join("%s %s" % (s.name, "x".join(map(str, s.shape))) for s in self.specs),
-                     ", ".join(self.config.bind + self.config.connect), len(self.pool.workers),
+                     ", ".join(self.config.bind + self.config.connect),
+                     " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
+                     len(self.pool.workers),
                      self.slots.slot_count, self.batch_bytes / 2**20)
             while self.stop_signal is None and not self._finished(sender):
                 self._start_batches()
@@ -231,6 +238,8 @@ class DataServer:
             self._save_resume_state(sender, force=True)
             if sender is not None:
                 sender.close()
+            if curve is not None:
+                curve.stop()
             context.term()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

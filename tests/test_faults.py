@@ -9,8 +9,9 @@ import time
 from collections import Counter
 
 import numpy as np
+import zmq
 
-from client_layer import BatchClient
+from client_layer import BatchClient, wire
 from datasets import corrupt_records, random_images, write_lmdb, write_npz
 from processes import ServerProcess, child_pids, free_port
 
@@ -197,3 +198,25 @@ def test_garbage_on_the_server_port_does_not_disturb_it(tmp_path):
             assert receive_all(client, 5)[-1].size == 4
         assert server.process.poll() is None
         assert server.stop() == 0
+
+
+def test_trainer_drops_malformed_messages_and_keeps_the_good_ones():
+    port = free_port()
+    with BatchClient(bind="tcp://127.0.0.1:%d" % port, timeout_s=10) as client:
+        context = zmq.Context()
+        hostile = context.socket(zmq.PUSH)
+        hostile.setsockopt(zmq.LINGER, 0)
+        try:
+            hostile.connect("tcp://127.0.0.1:%d" % port)
+            good = wire.encode_batch("s", 0, {"data": np.ones((2, 3), np.float32)}, np.arange(2), np.zeros(2))
+            for garbage in ([b"\x93junk"], [b""], [good[0]], [good[0], b"short"],
+                            [wire.encode_header("s", 1, [wire.array_spec("x", np.float32, (2, 10**6))],
+                                                np.arange(2), np.zeros(2)), b""]):
+                hostile.send_multipart(garbage)
+            hostile.send_multipart([bytes(f) for f in good])
+            batch = client.receive()
+        finally:
+            hostile.close()
+            context.term()
+        assert batch.seq == 0 and np.all(batch.array("data") == 1)
+        assert client.rejected == 5

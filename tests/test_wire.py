@@ -171,3 +171,34 @@ def test_mutated_headers_decode_or_are_refused_cleanly(position, value, cut):
         return
     for name in batch.names:  # whatever was accepted is consistent with its frames
         assert batch.array(name).nbytes == batch.spec(name).nbytes
+
+
+def test_fuzz_many_thousands_of_random_and_mutated_messages():
+    """A seeded fuzz run: every message decodes consistently or is refused with WireError."""
+    rng = np.random.default_rng(20261123)
+    _, _, frames = make_batch(rows=3)
+    valid = as_bytes(frames)
+    accepted = 0
+    for _ in range(20000):
+        message = [bytearray(f) for f in valid]
+        kind = rng.integers(4)
+        if kind == 0:  # random bytes in a random number of frames
+            message = [rng.bytes(int(rng.integers(0, 64))) for _ in range(int(rng.integers(1, 5)))]
+        elif kind == 1:  # flip bytes of the header
+            for _ in range(int(rng.integers(1, 6))):
+                message[0][int(rng.integers(len(message[0])))] = int(rng.integers(256))
+        elif kind == 2:  # truncate or extend one frame
+            victim = int(rng.integers(len(message)))
+            message[victim] = message[victim][: int(rng.integers(len(message[victim]) + 1))] + rng.bytes(
+                int(rng.integers(0, 3)))
+        else:  # drop or duplicate a frame
+            victim = int(rng.integers(len(message)))
+            message = message[:victim] + message[victim + 1:] if rng.integers(2) else message + [message[victim]]
+        try:
+            batch = wire.decode_batch([bytes(f) for f in message], 1 << 20)
+        except wire.WireError:
+            continue
+        accepted += 1
+        for name in batch.names:
+            assert batch.array(name).nbytes == batch.spec(name).nbytes
+    assert accepted < 20000  # the mutations really produce refusals

@@ -1,0 +1,143 @@
+"""CURVE: allowed trainers get batches, others nothing, and the wire is not readable."""
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from client_layer import BatchClient, NoDataError
+from datasets import write_npz
+from processes import ServerProcess, free_port, run_server
+from server.tools.keygen import main as keygen
+
+MARKER = np.float32(123.0).tobytes() * 16  # 64 bytes of pixel data as it travels in clear
+
+
+@pytest.fixture
+def keys(tmp_path):
+    folder = tmp_path / "keys"
+    for name in ("server", "trainer", "stranger"):
+        assert keygen([str(folder), name]) == 0
+    return folder
+
+
+@pytest.fixture
+def source(tmp_path):
+    images = np.full((12, 3, 8, 8), 123, np.uint8)
+    return "npz:%s" % write_npz(tmp_path / "d.npz", images, range(12))
+
+
+def curve_server_args(source, port, keys):
+    return ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "4",
+            "--curve-secret-key", str(keys / "server.key_secret"), "--allow-client-key", str(keys / "trainer.key")]
+
+
+def client(port, keys, name=None, timeout_s=20.0):
+    curve = {}
+    if name:
+        curve = dict(curve_secret_key=str(keys / ("%s.key_secret" % name)),
+                     curve_server_key=str(keys / "server.key"))
+    return BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=timeout_s, **curve)
+
+
+class Relay:
+    """A TCP forwarder that records what the server sends: what a wiretap would see."""
+
+    def __init__(self, target_port):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target_port = target_port
+        self.captured = bytearray()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _pipe(self, source, sink, record):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if record:
+                    self.captured += data
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self):
+        self.listener.settimeout(20)
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=20)
+            except OSError:
+                return
+            for s in (downstream, upstream):
+                s.settimeout(None)
+            threading.Thread(target=self._pipe, args=(downstream, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, downstream, True), daemon=True).start()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_allowed_trainer_receives_batches(tmp_path, keys, source):
+    port = free_port()
+    with ServerProcess(curve_server_args(source, port, keys), tmp_path / "server.log") as server:
+        with client(port, keys, "trainer") as trainer:
+            batch = trainer.receive()
+        assert np.all(batch.array("data") == 123)
+        assert "(CURVE, 1 trainer keys)" in server.log
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("name", ["stranger", None])
+def test_unknown_or_keyless_trainers_get_nothing(tmp_path, keys, source, name):
+    port = free_port()
+    with ServerProcess(curve_server_args(source, port, keys), tmp_path / "server.log") as server:
+        server.wait_for_log("serving")
+        with client(port, keys, name, timeout_s=3) as intruder:
+            with pytest.raises(NoDataError):
+                intruder.receive()
+        with client(port, keys, "trainer") as trainer:  # the server still serves the allowed one
+            trainer.receive()
+        assert server.stop() == 0
+    if name == "stranger":
+        stranger_key = (keys / "stranger.key").read_text().split('public-key = "')[1].split('"')[0]
+        assert "refused a trainer with unknown CURVE key %s" % stranger_key in server.log
+
+
+@pytest.mark.parametrize("curve", [False, True])
+def test_pixels_cross_the_wire_in_clear_only_without_curve(tmp_path, keys, source, curve):
+    port = free_port()
+    args = curve_server_args(source, port, keys) if curve else [
+        "--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "4"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        server.wait_for_log("serving")
+        relay = Relay(port)
+        try:
+            with client(relay.port, keys, "trainer" if curve else None) as trainer:
+                batches = [trainer.receive() for _ in range(3)]
+        finally:
+            relay.close()
+        server.stop()
+    assert all(np.all(b.array("data") == 123) for b in batches)
+    assert len(relay.captured) > 3 * 4 * 3 * 8 * 8 * 4
+    assert (MARKER in relay.captured) is not curve
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--curve-secret-key", "{keys}/server.key_secret"], "needs at least one --allow-client-key"),
+    (["--allow-client-key", "{keys}/trainer.key"], "--allow-client-key needs --curve-secret-key"),
+    (["--curve-secret-key", "{keys}/server.key", "--allow-client-key", "{keys}/trainer.key"], "holds no secret key"),
+    (["--curve-secret-key", "{keys}/missing", "--allow-client-key", "{keys}/trainer.key"], "cannot read CURVE key"),
+])
+def test_bad_key_options_are_refused_at_start_up(tmp_path, keys, source, extra, message):
+    result = run_server(["--source", source] + [e.format(keys=keys) for e in extra], tmp_path)
+    assert result.returncode == 2 and message in result.stderr
