@@ -81,8 +81,13 @@ class WorkerPool:
         return sum(1 for h in self.workers if h.outstanding)
 
     def assign(self, handle: WorkerHandle, task: RowTask) -> None:
-        handle.connection.send(task)
+        """Give ``task`` to ``handle``. A worker that died meanwhile keeps it as
+        outstanding: its sentinel wakes the supervisor, which re-issues it."""
         handle.outstanding[task.task_id] = task
+        try:
+            handle.connection.send(task)
+        except OSError:
+            pass
 
     def crashed_index(self, handle: WorkerHandle) -> Optional[int]:
         """The sample a dead worker was reading, if it was reading one."""
