@@ -17,12 +17,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(asctime)s zfeed-server %(levelname)s %(message)s")
     try:
         config = parse_config(argv)
-        prepared = prepare(config)
+        server = DataServer(config, prepare(config))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
     try:
-        return DataServer(config, prepared).run()
+        return server.run()
     except ServerError as exc:
         log.error("%s", exc)
         return 1

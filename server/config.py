@@ -18,6 +18,7 @@ import numpy as np
 
 from server.caffe_proto import read_mean_binaryproto
 from server.curve import CurveError, CurveServer
+from server.plan import Shard
 from server.decode import COLOR_BGR, COLOR_GRAY
 from server.sources import SourceError, open_source
 from server.batch_layout import BatchLayout
@@ -55,6 +56,8 @@ class ServerConfig:
     state_dir: str = ""
     curve_secret_key: str = ""
     allow_client_keys: List[str] = field(default_factory=list)
+    shard: Shard = Shard()
+    metrics_port: int = 0
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +72,22 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more, got %s" % text)
     return value
+
+
+def _shard(text: str) -> Shard:
+    index_text, sep, count_text = text.partition("/")
+    if index_text == "hostname":
+        host = socket.gethostname()
+        index_text = host.rpartition("-")[2]
+        if not index_text.isdigit():
+            raise argparse.ArgumentTypeError("hostname %r does not end in -NUMBER: give the shard as I/N" % host)
+    try:
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected I/N, e.g. 0/4, got %r" % text) from None
+    if not sep or count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError("shard %s: need 0 <= I < N" % text)
+    return Shard(index, count)
 
 
 def _mean_values(text: str) -> Tuple[float, ...]:
@@ -116,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--mean-file", default="", help="mean.binaryproto of the full image size")
     tf.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between throughput lines")
+    scale = parser.add_argument_group("scaling out")
+    scale.add_argument("--shard", type=_shard, default=Shard(),
+                       help="I/N: serve shard I (0-based) of N, every N-th sample of each epoch's order, "
+                            "so that N servers with the same --seed cover each epoch once; I may be "
+                            "'hostname' to take it from the hostname's last '-NUMBER' (a StatefulSet ordinal)")
+    scale.add_argument("--metrics-port", type=_non_negative_int, default=0,
+                       help="serve Prometheus metrics on this port (default: off)")
     security = parser.add_argument_group("security (CURVE: encryption and trainer authentication)")
     security.add_argument("--curve-secret-key", default="",
                           help="this server's .key_secret file (python -m server.tools.keygen)")
@@ -165,6 +191,7 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
         curve_secret_key=args.curve_secret_key, allow_client_keys=args.allow_client_key,
+        shard=args.shard, metrics_port=args.metrics_port,
     )
 
 

@@ -34,27 +34,50 @@ class BatchPlan:
     draws: np.ndarray  # float64 (B, DRAWS_PER_SAMPLE)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: it serves every count-th sample of each epoch's order."""
+
+    index: int = 0
+    count: int = 1
+
+    def size_of(self, dataset_size: int) -> int:
+        return len(range(self.index, dataset_size, self.count))
+
+
 class EpochPlan:
-    """The infinite (or ``epochs``-long) sequence of batches over ``dataset_size`` samples."""
+    """The infinite (or ``epochs``-long) sequence of batches over ``dataset_size`` samples.
+
+    With a ``shard``, the stream is this shard's part of every epoch: the
+    samples at offsets index, index + count, ... of the epoch's order. The
+    order depends on (seed, epoch) only, so the shards agree without talking
+    to each other and together cover each epoch exactly once. Draws also
+    depend on the shard, so shards do not repeat each other's crops.
+    """
 
     def __init__(self, dataset_size: int, batch_size: int, seed: int, shuffle: bool,
-                 epochs: Optional[int] = None):
-        if dataset_size < 1:
-            raise ValueError("the dataset is empty")
+                 epochs: Optional[int] = None, shard: Shard = Shard()):
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        if not 0 <= shard.index < shard.count:
+            raise ValueError("shard %d/%d: the index must be in 0..%d" % (shard.index, shard.count, shard.count - 1))
+        if shard.size_of(dataset_size) < 1:
+            raise ValueError("shard %d/%d of %d samples is empty: use at most %d shards"
+                             % (shard.index, shard.count, dataset_size, dataset_size))
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
         self.epochs = epochs
+        self.shard = shard
+        self.local_size = shard.size_of(dataset_size)
         self._cached_epoch = -1
         self._cached_order = np.arange(dataset_size, dtype=np.int64)
 
     @property
     def total_positions(self) -> Optional[int]:
-        """Positions in ``epochs`` epochs (None: the stream is endless)."""
-        return None if self.epochs is None else self.epochs * self.dataset_size
+        """Positions in ``epochs`` epochs of this shard (None: the stream is endless)."""
+        return None if self.epochs is None else self.epochs * self.local_size
 
     @property
     def batch_count(self) -> Optional[int]:
@@ -73,9 +96,9 @@ class EpochPlan:
         return self._cached_order
 
     def locate(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Dataset index (int64) and epoch (int32) of each stream position."""
-        epochs = positions // self.dataset_size
-        offsets = positions % self.dataset_size
+        """Dataset index (int64) and epoch (int32) of each stream position of this shard."""
+        epochs = positions // self.local_size
+        offsets = (positions % self.local_size) * self.shard.count + self.shard.index
         indices = np.empty(len(positions), dtype=np.int64)
         for epoch in np.unique(epochs):
             mask = epochs == epoch
@@ -84,7 +107,8 @@ class EpochPlan:
 
     def draws(self, seq: int) -> np.ndarray:
         """The (batch_size, DRAWS_PER_SAMPLE) uniforms of batch ``seq``, one row per batch row."""
-        rng = np.random.Generator(np.random.PCG64([self.seed, _DRAW_STREAM, seq]))
+        rng = np.random.Generator(np.random.PCG64(
+            [self.seed, _DRAW_STREAM, self.shard.index, self.shard.count, seq]))
         return rng.random((self.batch_size, DRAWS_PER_SAMPLE))
 
     def batch(self, seq: int) -> BatchPlan:

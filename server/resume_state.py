@@ -39,7 +39,7 @@ class ResumeState:
             return None
         stream = {"source": config.source, "size": dataset_size, "seed": config.seed,
                   "batch_size": config.batch_size, "shuffle": config.shuffle, "epochs": config.epochs,
-                  "phase": config.phase}
+                  "phase": config.phase, "shard": [config.shard.index, config.shard.count]}
         return cls(os.path.join(config.state_dir, STATE_FILE), stream)
 
     def load(self) -> Tuple[int, int]:

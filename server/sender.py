@@ -25,11 +25,10 @@ class SenderError(RuntimeError):
 
 
 class BatchSender:
-    """A PUSH socket bound to ``bind`` and connected to ``connect`` endpoints."""
+    """A PUSH socket; ``open`` binds and connects it (after e.g. a monitor is attached)."""
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
-                 bind: Sequence[str], connect: Sequence[str], send_hwm: int,
-                 curve: Optional[CurveServer] = None):
+                 send_hwm: int, curve: Optional[CurveServer] = None):
         self.stream_id = stream_id
         self.specs = list(specs)
         self.socket = context.socket(zmq.PUSH)
@@ -38,21 +37,19 @@ class BatchSender:
         if curve is not None:
             curve.secure(self.socket)
         self._in_flight: List[Tuple[zmq.MessageTracker, Any]] = []
-        try:
-            for endpoint in bind:
-                try:
-                    self.socket.bind(endpoint)
-                except zmq.ZMQError as exc:
-                    raise SenderError("cannot bind %s: %s (is another server on that port?)"
-                                      % (endpoint, exc)) from None
-            for endpoint in connect:
-                try:
-                    self.socket.connect(endpoint)
-                except zmq.ZMQError as exc:
-                    raise SenderError("cannot connect to %s: %s" % (endpoint, exc)) from None
-        except SenderError:
-            self.socket.close(0)
-            raise
+
+    def open(self, bind: Sequence[str], connect: Sequence[str]) -> None:
+        """Bind to ``bind`` and connect to ``connect`` endpoints; SenderError names a failure."""
+        for endpoint in bind:
+            try:
+                self.socket.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise SenderError("cannot bind %s: %s (is another server on that port?)" % (endpoint, exc)) from None
+        for endpoint in connect:
+            try:
+                self.socket.connect(endpoint)
+            except zmq.ZMQError as exc:
+                raise SenderError("cannot connect to %s: %s" % (endpoint, exc)) from None
 
     @property
     def can_send(self) -> bool:
@@ -65,15 +62,23 @@ class BatchSender:
         return len(self._in_flight)
 
     def send(self, seq: int, arrays: Dict[str, np.ndarray], indices: np.ndarray,
-             epochs: np.ndarray, token: Any) -> None:
+             epochs: np.ndarray, token: Any) -> bool:
         """Send batch ``seq`` from ``arrays`` without copying them; ``token`` comes
-        back from ``release_sent`` once ZeroMQ no longer needs the arrays."""
+        back from ``release_sent`` once ZeroMQ no longer needs the arrays.
+
+        Returns False, having sent nothing, when no trainer can take it now: the
+        socket may say it is writable for a peer that is gone an instant later.
+        """
         parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs)]
         for spec in self.specs:
             parts.extend(wire.array_frames(spec, arrays[spec.name]))
         frames = [zmq.Frame(part, copy=False, track=True) for part in parts]
-        self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False  # multipart messages are atomic: no frame left
         self._in_flight.append((zmq.MessageTracker(*frames), token))
+        return True
 
     def release_sent(self) -> List[Any]:
         """Tokens of the batches whose frames ZeroMQ has finished with, in send order."""

@@ -45,8 +45,9 @@ import zmq
 from client_layer import wire
 from server.assembly import MAX_CRASHES, BatchAssembly, RowTask
 from server.batch_buffer import BatchSlots
-from server.config import PreparedData, ServerConfig
+from server.config import ConfigError, PreparedData, ServerConfig
 from server.curve import CurveServer
+from server.metrics import ServerMetrics
 from server.plan import EpochPlan
 from server.resume_state import ResumeState
 from server.sender import BatchSender, SenderError
@@ -74,8 +75,11 @@ class DataServer:
     def __init__(self, config: ServerConfig, prepared: PreparedData):
         self.config = config
         self.prepared = prepared
-        self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed,
-                              config.shuffle, config.epochs)
+        try:
+            self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed,
+                                  config.shuffle, config.epochs, config.shard)
+        except ValueError as exc:
+            raise ConfigError("--shard: %s" % exc) from None
         self.specs = [wire.array_spec(name, dtype, shape)
                       for name, dtype, shape in prepared.layout.batch_arrays(config.batch_size)]
         self.batch_bytes = sum(s.nbytes for s in self.specs)
@@ -97,6 +101,8 @@ class DataServer:
         self.deaths_since_progress = 0
         self.throughput = ThroughputLog(config.log_interval_s, config.batch_size, self.batch_bytes)
         self.progress = new_progress(config.workers)
+        self.metrics: Optional[ServerMetrics] = None
+        self._skipped_reported = 0
 
     def _worker_setup(self, worker_id: int) -> WorkerSetup:
         return WorkerSetup(worker_id, self.prepared.source, self.prepared.layout, self.slots,
@@ -153,15 +159,23 @@ class DataServer:
                                   % (self.prepared.source.describe(index), MAX_CRASHES))
             self.queue.appendleft(self.assembly.crashed(task, index))
         self.pool.replace(handle)
+        if self.metrics:
+            self.metrics.restarts.inc()
 
     # -- batches out -------------------------------------------------------------------------
 
     def _send_ready(self, sender: BatchSender) -> None:
         while self.assembly.complete(self.next_send) and sender.can_send:
-            batch = self.assembly.pop(self.next_send)
-            sender.send(batch.seq, self.slots.arrays(batch.slot), batch.indices, batch.epochs, token=batch)
+            batch = self.assembly.pending[self.next_send]
+            if not sender.send(batch.seq, self.slots.arrays(batch.slot), batch.indices, batch.epochs, token=batch):
+                return
+            self.assembly.pop(self.next_send)
             self.next_send += 1
             self.throughput.sent_batch()
+            if self.metrics:
+                self.metrics.batches.inc()
+                self.metrics.samples.inc(self.config.batch_size)
+                self.metrics.bytes.inc(self.batch_bytes)
 
     def _finished(self, sender: BatchSender) -> bool:
         return (not self.assembly.can_start and not self.assembly.pending and not self.queue
@@ -177,6 +191,15 @@ class DataServer:
         self.resume.save(seq, position, force=force)
 
     # -- the loop ----------------------------------------------------------------------------
+
+    def _update_metrics(self, sender: BatchSender) -> None:
+        queued = len(self.assembly.pending) + sender.in_flight
+        self.metrics.queued_batches.set(queued)
+        self.metrics.queued_bytes.set(queued * self.batch_bytes)
+        self.metrics.workers_busy.set(self.pool.busy_count())
+        self.metrics.skipped.inc(self.assembly.skipped - self._skipped_reported)
+        self._skipped_reported = self.assembly.skipped
+        self.metrics.read_monitor()
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -204,13 +227,23 @@ class DataServer:
             if self.config.curve_secret_key:
                 curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
                 curve.start(context)
+            sender = BatchSender(context, self.config.stream_id, self.specs,
+                                 send_hwm=self.slots.slot_count + 1, curve=curve)
+            if self.config.metrics_port:
+                try:
+                    self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
+                except OSError as exc:
+                    raise ServerError("cannot serve metrics on port %d: %s" % (self.config.metrics_port, exc))
+                self.metrics.watch(sender.socket)  # before any trainer can connect
             try:
-                sender = BatchSender(context, self.config.stream_id, self.specs, self.config.bind,
-                                     self.config.connect, send_hwm=self.slots.slot_count + 1, curve=curve)
+                sender.open(self.config.bind, self.config.connect)
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
-            log.info("serving %d samples (%s) as batches of %s on %s%s; %d workers, %d batch slots of %.1f MB",
-                     len(self.prepared.source), self.config.source,
+            shard = self.config.shard
+            log.info("serving %d samples%s (%s) as batches of %s on %s%s; %d workers, %d batch slots of %.1f MB",
+                     self.plan.local_size,
+                     " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
+                     if shard.count > 1 else "", self.config.source,
                      ", ".join("%s %s" % (s.name, "x".join(map(str, s.shape))) for s in self.specs),
                      ", ".join(self.config.bind + self.config.connect),
                      " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
@@ -225,6 +258,8 @@ class DataServer:
                 self._save_resume_state(sender)
                 self.throughput.maybe_log(len(self.assembly.pending) + sender.in_flight,
                                           self.pool.busy_count())
+                if self.metrics:
+                    self._update_metrics(sender)
             if self.stop_signal is not None:
                 log.info("%s received: stopping", signal.Signals(self.stop_signal).name)
             else:
@@ -236,6 +271,8 @@ class DataServer:
         finally:
             self.pool.stop()
             self._save_resume_state(sender, force=True)
+            if self.metrics is not None:
+                self.metrics.close(sender.socket if sender else None)
             if sender is not None:
                 sender.close()
             if curve is not None:

@@ -44,3 +44,28 @@ def test_draws_are_uniform_and_distinct_per_batch():
     a, b = plan.batch(0).draws, plan.batch(1).draws
     assert a.shape == (1000, 3) and np.all((a >= 0) & (a < 1))
     assert not np.array_equal(a, b)
+
+
+def test_shards_split_every_epoch_exactly_between_them():
+    from server.plan import Shard
+    size, shards = 23, 3  # sizes 8, 8, 7
+    plans = [EpochPlan(size, 4, seed=2, shuffle=True, epochs=2, shard=Shard(i, shards)) for i in range(shards)]
+    assert [p.local_size for p in plans] == [8, 8, 7]
+    for epoch in range(2):
+        seen = []
+        for plan in plans:
+            positions = np.arange(epoch * plan.local_size, (epoch + 1) * plan.local_size)
+            indices, epochs = plan.locate(positions)
+            assert set(epochs.tolist()) == {epoch}
+            seen.extend(indices.tolist())
+        assert sorted(seen) == list(range(size))
+    assert not np.array_equal(plans[0].draws(0), plans[1].draws(0))
+
+
+def test_impossible_shards_are_refused():
+    import pytest
+    from server.plan import Shard
+    with pytest.raises(ValueError, match="the index must be in 0..1"):
+        EpochPlan(10, 2, 0, True, shard=Shard(2, 2))
+    with pytest.raises(ValueError, match="shard 4/5 of 3 samples is empty: use at most 3 shards"):
+        EpochPlan(3, 2, 0, True, shard=Shard(4, 5))
