@@ -76,7 +76,7 @@ class BatchSender:
         try:
             self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            return False  # multipart messages are atomic: no frame left
+            return False  # libzmq rolls back a partly queued multipart message: nothing left
         self._in_flight.append((zmq.MessageTracker(*frames), token))
         return True
 
