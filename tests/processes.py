@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_S = 30.0
@@ -39,11 +39,13 @@ def alive(pid: int) -> bool:
 class ServerProcess:
     """``python -m server ARGS`` in a child process; stderr goes to ``log_path``."""
 
-    def __init__(self, args: List[str], log_path: Path, python: str = sys.executable):
+    def __init__(self, args: List[str], log_path: Path, python: str = sys.executable,
+                 prefix: Sequence[str] = ()):
+        """``prefix`` wraps the command, e.g. ``ip netns exec NS`` (which execs: same pid)."""
         self.log_path = log_path
         self._log = open(log_path, "wb")
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.process = subprocess.Popen([python, "-m", "server", *args], cwd=str(REPO), env=env,
+        self.process = subprocess.Popen([*prefix, python, "-m", "server", *args], cwd=str(REPO), env=env,
                                         stdout=self._log, stderr=subprocess.STDOUT)
 
     @property

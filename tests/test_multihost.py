@@ -1,0 +1,118 @@
+"""Servers and trainers on separate hosts: network namespaces joined by a bridge.
+
+Each process runs in its own namespace (``ip netns exec``) and talks to the
+others only over addresses inside the namespaces this test creates. Exactly
+once per epoch is checked from the per-sample epochs and indices in the
+batch headers.
+"""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import netns
+from datasets import random_images, write_lmdb
+from processes import ServerProcess
+
+HERE = Path(__file__).resolve().parent
+SIZE, BATCH, EPOCHS, PORT = 60, 6, 2, 5555
+
+reason = netns.available()
+pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+@pytest.fixture(scope="module")
+def lmdb_source(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multihost")
+    return "lmdb:%s" % write_lmdb(folder / "db", random_images(SIZE, (3, 24, 24)), range(SIZE), encode=".png")
+
+
+@pytest.fixture(scope="module")
+def large_images(tmp_path_factory):
+    """2.9 MB batches: no trainer can swallow the whole stream in its socket buffers."""
+    folder = tmp_path_factory.mktemp("multihost_large")
+    return "lmdb:%s" % write_lmdb(folder / "db", random_images(SIZE, (3, 200, 200)), range(SIZE))
+
+
+def start_trainer(host, out, count, connect=(), bind=None, work_s=0.0):
+    argv = [sys.executable, str(HERE / "trainer_probe.py"), str(out), str(count), "--timeout", "30",
+            "--work", str(work_s)]
+    argv += [a for address in connect for a in ("--connect", address)]
+    argv += ["--bind", bind] if bind else []
+    return subprocess.Popen(host.command(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(trainer, out):
+    output, _ = trainer.communicate(timeout=60)
+    assert trainer.returncode == 0, output
+    return json.loads(Path(out).read_text())["batches"]
+
+
+def check_exactly_once(batches):
+    counts = Counter((e, i) for b in batches for e, i in zip(b["epochs"], b["indices"]))
+    for epoch in range(EPOCHS):
+        assert sorted(i for (e, i) in counts if e == epoch) == list(range(SIZE))
+    assert max(counts.values()) == 1
+    keys = [(b["stream"], b["seq"]) for b in batches]
+    assert len(keys) == len(set(keys))  # no batch duplicated
+
+
+@pytest.mark.parametrize("topology", ["trainer-connects", "servers-connect"])
+def test_two_server_hosts_one_trainer_host(tmp_path, lmdb_source, topology):
+    with netns.Network(["server0", "server1", "trainer"]) as net:
+        trainer_host = net.hosts["trainer"]
+        servers = []
+        try:
+            for shard in range(2):
+                host = net.hosts["server%d" % shard]
+                where = (["--bind", "tcp://%s:%d" % (host.address, PORT)] if topology == "trainer-connects"
+                         else ["--connect", "tcp://%s:%d" % (trainer_host.address, PORT)])
+                servers.append(ServerProcess(
+                    ["--source", lmdb_source, *where, "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
+                     "--shard", "%d/2" % shard, "--workers", "1", "--crop-size", "20", "--mirror"],
+                    tmp_path / ("server%d.log" % shard), prefix=host.command([])))
+            out = tmp_path / "trainer.json"
+            if topology == "trainer-connects":
+                trainer = start_trainer(trainer_host, out, EPOCHS * SIZE // BATCH,
+                                        connect=["tcp://%s:%d" % (net.hosts["server%d" % s].address, PORT)
+                                                 for s in range(2)])
+            else:
+                trainer = start_trainer(trainer_host, out, EPOCHS * SIZE // BATCH,
+                                        bind="tcp://%s:%d" % (trainer_host.address, PORT))
+            batches = finish(trainer, out)
+            for server in servers:
+                assert server.wait() == 0, server.log
+        finally:
+            for server in servers:
+                server.close()
+    check_exactly_once(batches)
+    assert len({b["stream"] for b in batches}) == 2
+
+
+@pytest.mark.parametrize("topology", ["trainers-connect", "server-connects"])
+def test_one_server_host_two_trainer_hosts(tmp_path, large_images, topology):
+    with netns.Network(["server", "trainer0", "trainer1"]) as net:
+        server_host = net.hosts["server"]
+        trainers, outs = [], []
+        for number in range(2):
+            host = net.hosts["trainer%d" % number]
+            out = tmp_path / ("trainer%d.json" % number)
+            outs.append(out)
+            if topology == "trainers-connect":
+                trainers.append(start_trainer(host, out, 0, connect=["tcp://%s:%d" % (server_host.address, PORT)],
+                                              work_s=0.05))
+            else:
+                trainers.append(start_trainer(host, out, 0, bind="tcp://%s:%d" % (host.address, PORT), work_s=0.05))
+        where = (["--bind", "tcp://%s:%d" % (server_host.address, PORT)] if topology == "trainers-connect" else
+                 [a for n in range(2) for a in ("--connect", "tcp://%s:%d" % (net.hosts["trainer%d" % n].address, PORT))])
+        with ServerProcess(["--source", large_images, *where, "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
+                            "--workers", "1", "--phase", "test"],
+                           tmp_path / "server.log", prefix=server_host.command([])) as server:
+            received = [finish(trainer, out) for trainer, out in zip(trainers, outs)]
+            assert server.wait() == 0, server.log
+    assert all(received), "each trainer gets batches"
+    check_exactly_once(received[0] + received[1])
