@@ -9,7 +9,12 @@ A batch is one ZeroMQ multipart message::
 
 The header names the format version, the message kind, the stream (which
 server), the sequence number, for every array its name, dtype, shape and rows
-per frame, and for every sample its dataset index and its epoch.
+per frame, and for every sample its dataset index and its epoch. Its optional
+``extra`` map may say, under ``finish``, that an array holds uint8 pixels
+whose Caffe transform the receiver completes: ``{"data": {"mean": [per
+channel] or None, "scale": s}}``. ``Batch.array`` and ``Batch.copy_into``
+then deliver ``(x - mean) * scale`` in float32, computed exactly as the
+server's float32 path computes it (so the two are bit-identical).
 
 Nothing that arrives is unpickled or evaluated: the header is plain msgpack
 (no extension types), dtypes come from a fixed whitelist, and every frame's
@@ -164,6 +169,7 @@ class Batch:
         self._frames = {spec.name: views for spec, views in zip(specs, frames_by_array)}
         self._spec_by_name = {spec.name: spec for spec in specs}
         self._keepalive = keepalive
+        self._finish = _parse_finish(extra.get("finish"), self._spec_by_name)
 
     @property
     def names(self) -> List[str]:
@@ -179,25 +185,95 @@ class Batch:
         except KeyError:
             raise KeyError("batch has no array %r (it has %s)" % (name, ", ".join(self.names)))
 
-    def array(self, name: str) -> np.ndarray:
-        """The whole array: a read-only view when it came in one frame, else one copy."""
+    def shape(self, name: str) -> Tuple[int, ...]:
+        return self.spec(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        """The dtype ``array`` returns: float32 for pixels finished here, else as sent."""
+        return np.dtype(np.float32) if name in self._finish else self.spec(name).dtype
+
+    def raw(self, name: str) -> np.ndarray:
+        """The array as it was sent: a read-only view when it came in one frame, else one copy."""
         spec = self.spec(name)
         views = self._frames[name]
         if len(views) == 1:
             return np.frombuffer(views[0], dtype=spec.dtype).reshape(spec.shape)
         out = np.empty(spec.shape, spec.dtype)
+        self._copy_frames(name, out)
+        return out
+
+    def array(self, name: str) -> np.ndarray:
+        """The array as Caffe's blob holds it (pixels finished into float32), one copy at most."""
+        if name not in self._finish:
+            return self.raw(name)
+        out = np.empty(self.spec(name).shape, np.float32)
         self.copy_into(name, out)
         return out
 
     def copy_into(self, name: str, out: np.ndarray) -> None:
-        """Copy array ``name`` into ``out`` (same shape), frame by frame: one copy in all."""
+        """Write array ``name`` as ``array`` gives it into ``out`` (same shape), frame by frame."""
         spec = self.spec(name)
         if tuple(out.shape) != spec.shape:
             raise ValueError("array %r has shape %s, the destination %s"
                              % (name, spec.shape, tuple(out.shape)))
+        if name in self._finish:
+            if out.dtype != np.float32:
+                raise ValueError("array %r is finished into float32, the destination is %s" % (name, out.dtype))
+            mean, scale = self._finish[name]
+            for pixels, target in self._chunks(name, out):
+                finish_pixels(pixels, mean, scale, target)
+        else:
+            self._copy_frames(name, out)
+
+    def _chunks(self, name: str, out: np.ndarray):
+        spec = self.spec(name)
         for (start, stop), view in zip(spec.frame_rows(), self._frames[name]):
             chunk = np.frombuffer(view, dtype=spec.dtype).reshape((stop - start,) + spec.shape[1:])
-            out[start:stop] = chunk
+            yield chunk, out[start:stop]
+
+    def _copy_frames(self, name: str, out: np.ndarray) -> None:
+        for chunk, target in self._chunks(name, out):
+            target[...] = chunk
+
+
+def finish_pixels(pixels: np.ndarray, mean: Optional[np.ndarray], scale: np.float32, out: np.ndarray) -> None:
+    """``out = (pixels - mean) * scale`` in float32, sample by sample so each stays in cache.
+
+    The same float32 operations, in the same order, as the server's
+    ``transform_into``: the result is bit-identical to sending float32.
+    """
+    for source, target in zip(pixels, out):
+        if mean is None:
+            np.multiply(source, scale, out=target, dtype=np.float32, casting="unsafe")
+            continue
+        np.subtract(source, mean, out=target, dtype=np.float32, casting="unsafe")
+        if scale != 1.0:
+            np.multiply(target, scale, out=target)
+
+
+def _parse_finish(finish: object, specs: Dict[str, ArraySpec]) -> Dict[str, tuple]:
+    """Validate the header's ``finish`` map: {name: (mean (C,1,1) float32 or None, scale)}."""
+    if finish is None:
+        return {}
+    if not isinstance(finish, dict):
+        raise WireError("header 'finish' is not a map")
+    parsed = {}
+    for name, params in finish.items():
+        spec = specs.get(name)
+        if spec is None or spec.dtype != np.uint8 or len(spec.shape) != 4:
+            raise WireError("'finish' names %r, which is not an N x C x H x W uint8 array" % (name,))
+        if not isinstance(params, dict) or set(params) != {"mean", "scale"}:
+            raise WireError("'finish' of %r must hold exactly 'mean' and 'scale'" % name)
+        mean, scale = params["mean"], params["scale"]
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            raise WireError("'finish' scale of %r is not a number" % name)
+        if mean is not None:
+            if (not isinstance(mean, list) or len(mean) != spec.shape[1]
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean)):
+                raise WireError("'finish' mean of %r must list %d numbers (one per channel)" % (name, spec.shape[1]))
+            mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        parsed[name] = (mean, np.float32(scale))
+    return parsed
 
 
 def _buffer_of(frame: object) -> memoryview:

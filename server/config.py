@@ -58,6 +58,7 @@ class ServerConfig:
     allow_client_keys: List[str] = field(default_factory=list)
     shard: Shard = Shard()
     metrics_port: int = 0
+    wire_format: str = "auto"
 
 
 def _positive_int(text: str) -> int:
@@ -142,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "'hostname' to take it from the hostname's last '-NUMBER' (a StatefulSet ordinal)")
     scale.add_argument("--metrics-port", type=_non_negative_int, default=0,
                        help="serve Prometheus metrics on this port (default: off)")
+    scale.add_argument("--wire-format", choices=("auto", "float32"), default="auto",
+                       help="auto (default): send cropped, mirrored uint8 pixels and let the trainer apply "
+                            "mean and scale, bit-identical and a quarter of the bytes, wherever that is "
+                            "exact (uint8 images, no mean file); float32: always send finished blobs")
     security = parser.add_argument_group("security (CURVE: encryption and trainer authentication)")
     security.add_argument("--curve-secret-key", default="",
                           help="this server's .key_secret file (python -m server.tools.keygen)")
@@ -191,7 +196,7 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
         curve_secret_key=args.curve_secret_key, allow_client_keys=args.allow_client_key,
-        shard=args.shard, metrics_port=args.metrics_port,
+        shard=args.shard, metrics_port=args.metrics_port, wire_format=args.wire_format,
     )
 
 
@@ -248,4 +253,4 @@ def prepare(config: ServerConfig) -> PreparedData:
                           % (config.crop_size, height, width, config.source, min(height, width)))
     params = TransformParams(phase=config.phase, crop_size=config.crop_size, mirror=config.mirror,
                              scale=config.scale, mean=_mean_array(config, image_shape))
-    return PreparedData(source, BatchLayout.from_sample(first, params))
+    return PreparedData(source, BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto"))

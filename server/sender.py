@@ -28,9 +28,11 @@ class BatchSender:
     """A PUSH socket; ``open`` binds and connects it (after e.g. a monitor is attached)."""
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
-                 send_hwm: int, curve: Optional[CurveServer] = None):
+                 send_hwm: int, curve: Optional[CurveServer] = None, extra: Optional[dict] = None):
+        """``extra`` goes into every header (e.g. how the trainer finishes uint8 pixels)."""
         self.stream_id = stream_id
         self.specs = list(specs)
+        self.extra = extra
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         self.socket.setsockopt(zmq.SNDHWM, send_hwm)
@@ -69,7 +71,7 @@ class BatchSender:
         Returns False, having sent nothing, when no trainer can take it now: the
         socket may say it is writable for a peer that is gone an instant later.
         """
-        parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs)]
+        parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs, self.extra)]
         for spec in self.specs:
             parts.extend(wire.array_frames(spec, arrays[spec.name]))
         frames = [zmq.Frame(part, copy=False, track=True) for part in parts]

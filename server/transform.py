@@ -83,6 +83,31 @@ def output_shape(params: TransformParams, channels: int, height: int, width: int
     return channels, height, width
 
 
+def crop_into(image: np.ndarray, choice: CropChoice, out: np.ndarray) -> None:
+    """Write the crop (mirrored when chosen) of ``image`` into ``out``, no arithmetic.
+
+    With ``finish_on_trainer``, this is the server's half of the transform:
+    the pixels travel as they are and the trainer computes
+    ``(x - mean) * scale`` (client_layer/wire.py), bit for bit as
+    ``transform_into`` would.
+    """
+    source = image[:, choice.h_off:choice.h_off + choice.height, choice.w_off:choice.w_off + choice.width]
+    target = out[:, :, ::-1] if choice.mirror else out
+    target[...] = source
+
+
+def finish_on_trainer(params: TransformParams, image_dtype: np.dtype) -> bool:
+    """True when the trainer can do the arithmetic exactly: uint8 pixels and no mean file
+    (a mean file would have to travel with every batch, indexed at each crop)."""
+    return np.dtype(image_dtype) == np.uint8 and not params.mean_is_full_size
+
+
+def trainer_arithmetic(params: TransformParams) -> dict:
+    """What the trainer needs to finish the transform: per-channel mean (or None) and scale."""
+    mean = None if params.mean is None else [float(v) for v in params.mean.reshape(-1)]
+    return {"mean": mean, "scale": float(np.float32(params.scale))}
+
+
 def transform_into(image: np.ndarray, params: TransformParams, choice: CropChoice,
                    out: np.ndarray) -> None:
     """Write the transformed ``image`` (C x H x W) into ``out`` (C x crop_h x crop_w, float).

@@ -129,3 +129,20 @@ def test_layer_param_str_must_be_json(tmp_path):
     with pytest.raises(pytest.fail.Exception) as failed:
         run_caffe_script("run_net", net, "test", 1, tmp_path / "out.npz", "data")
     assert "param_str is not JSON" in str(failed.value)
+
+
+def test_uint8_and_float32_wire_give_identical_blobs_in_caffe(tmp_path, raw_lmdb):
+    db, _ = raw_lmdb
+    blobs = {}
+    for wire_format in ("auto", "float32"):
+        port = free_port()
+        args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "train",
+                "--batch-size", str(BATCH), "--seed", "11", "--crop-size", "10", "--mirror",
+                "--mean-value", "104,117,123", "--scale", "0.017", "--wire-format", wire_format]
+        with ServerProcess(args, tmp_path / ("server-%s.log" % wire_format)) as server:
+            blobs[wire_format] = run_net(tmp_path, "net-" + wire_format,
+                                         zmq_layer("tcp://127.0.0.1:%d" % port, phase="TRAIN"), phase="train")
+            assert server.stop() == 0, server.log
+    assert np.array_equal(blobs["auto"]["data"], blobs["float32"]["data"])
+    assert np.array_equal(blobs["auto"]["label"], blobs["float32"]["label"])
+    assert np.unique(blobs["auto"]["data"]).size > 100  # real, varied pixels

@@ -244,7 +244,7 @@ def test_client_without_server_times_out_naming_the_address():
 
 def test_batch_memory_is_bounded_by_max_inflight_mb(tmp_path, images, labels):
     source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
-    batch_bytes = 8 * 3 * 12 * 14 * 4 + 8 * 4
+    batch_bytes = 8 * 3 * 12 * 14 + 8 * 4  # uint8 pixels on the wire, float32 labels
     budget_mb = 3.5 * batch_bytes / 2**20
     batches, status, log = serve_and_collect(
         tmp_path, source, ["--batch-size", "8", "--workers", "2", "--epochs", "2",
@@ -252,3 +252,36 @@ def test_batch_memory_is_bounded_by_max_inflight_mb(tmp_path, images, labels):
     assert status == 0, log
     assert "2 workers, 3 batch slots" in log  # 3 whole batches fit in the budget, and no more
     assert sorted(int(i) for b in batches for i, e in zip(b[1], b[2]) if e == 0) == list(range(N))
+
+
+@pytest.mark.parametrize("transform", [
+    ["--crop-size", "10", "--mirror", "--mean-value", "104,117,123.5", "--scale", "0.017"],
+    ["--crop-size", "9", "--mean-value", "120"],
+    ["--mirror", "--scale", "0.00390625"],
+    [],
+])
+def test_uint8_pixels_on_the_wire_give_the_float32_path_bit_for_bit(tmp_path, images, labels, transform):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    common = ["--batch-size", "6", "--seed", "3", "--workers", "2"] + transform
+    as_pixels, _, log = serve_and_collect(tmp_path, source, common, batches=8, name="pixels")
+    as_floats, _, _ = serve_and_collect(tmp_path, source, common + ["--wire-format", "float32"], batches=8,
+                                        name="floats")
+    assert "data 6x3" in log
+    for pixels, floats in zip(as_pixels, as_floats):
+        assert pixels[3].dtype == floats[3].dtype == np.float32
+        assert np.array_equal(pixels[3], floats[3]) and np.array_equal(pixels[4], floats[4])
+
+
+def test_pixels_travel_as_uint8_a_quarter_of_the_bytes(tmp_path, images, labels):
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "5",
+            "--mean-value", "100", "--scale", "0.5"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=20) as client:
+            batch = client.receive()
+        server.stop()
+    assert batch.spec("data").dtype == np.uint8 and batch.spec("data").nbytes == 5 * 3 * 12 * 14
+    assert batch.dtype("data") == np.float32
+    expected = (batch.raw("data").astype(np.float32) - np.float32(100)) * np.float32(0.5)
+    assert np.array_equal(batch.array("data"), expected)

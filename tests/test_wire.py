@@ -202,3 +202,36 @@ def test_fuzz_many_thousands_of_random_and_mutated_messages():
         for name in batch.names:
             assert batch.array(name).nbytes == batch.spec(name).nbytes
     assert accepted < 20000  # the mutations really produce refusals
+
+
+def pixel_batch(finish):
+    pixels = np.arange(2 * 3 * 2 * 2, dtype=np.uint8).reshape(2, 3, 2, 2)
+    return as_bytes(wire.encode_batch("s", 0, {"data": pixels}, np.arange(2), np.zeros(2),
+                                      extra={"finish": finish} if finish is not None else None))
+
+
+def test_finished_pixels_are_float32_caffe_arithmetic():
+    batch = wire.decode_batch(pixel_batch({"data": {"mean": [1.5, 2.0, 3.0], "scale": 0.25}}), LIMIT)
+    raw = batch.raw("data")
+    expected = (raw.astype(np.float32) - np.array([1.5, 2, 3], np.float32).reshape(3, 1, 1)) * np.float32(0.25)
+    assert raw.dtype == np.uint8 and batch.dtype("data") == np.float32
+    assert np.array_equal(batch.array("data"), expected)
+    out = np.empty((2, 3, 2, 2), np.float32)
+    batch.copy_into("data", out)
+    assert np.array_equal(out, expected)
+    with pytest.raises(ValueError, match="finished into float32"):
+        batch.copy_into("data", np.empty((2, 3, 2, 2), np.float64))
+    plain = wire.decode_batch(pixel_batch({"data": {"mean": None, "scale": 2.0}}), LIMIT)
+    assert np.array_equal(plain.array("data"), plain.raw("data").astype(np.float32) * 2)
+
+
+@pytest.mark.parametrize("finish, message", [
+    ({"label": {"mean": None, "scale": 1.0}}, "not an N x C x H x W uint8 array"),
+    ({"data": {"mean": [1, 2], "scale": 1.0}}, "must list 3 numbers"),
+    ({"data": {"mean": None, "scale": "x"}}, "scale of 'data' is not a number"),
+    ({"data": {"mean": None}}, "exactly 'mean' and 'scale'"),
+    ([1], "'finish' is not a map"),
+])
+def test_malformed_finish_instructions_are_refused(finish, message):
+    with pytest.raises(wire.WireError, match=message):
+        wire.decode_batch(pixel_batch(finish), LIMIT)
