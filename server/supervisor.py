@@ -211,7 +211,8 @@ class DataServer:
             poller.register(fd, zmq.POLLIN)
         if self.assembly.complete(self.next_send):
             poller.register(sender.socket, zmq.POLLOUT)
-        timeout = POLL_RELEASE_MS if sender.in_flight else POLL_IDLE_MS
+        # Slots come back only by polling ZeroMQ's trackers: poll fast only when short of slots.
+        timeout = POLL_RELEASE_MS if sender.in_flight and not self.free_slots else POLL_IDLE_MS
         woken = {wake[fd] for fd, _event in poller.poll(timeout) if fd in wake}
         for handle in woken:
             self._collect(handle)
