@@ -1,9 +1,25 @@
-"""Caffe's ``Datum``, ``BlobShape`` and ``BlobProto`` messages, without Caffe.
+"""Caffe's messages that zfeed reads and writes, without Caffe.
 
-The three messages are declared here field for field as in BVLC
+The messages are declared here field for field as in BVLC
 ``src/caffe/proto/caffe.proto`` (package ``caffe``, proto2: same numbers,
 types, labels, defaults and packing), so their bytes are exactly what Caffe
-reads and writes: Datums in an LMDB, means in a ``.binaryproto``.
+reads and writes (Datums in an LMDB, means in a ``.binaryproto``) and their
+text is exactly what Caffe's prototxt parser accepts:
+
+- ``Datum``, ``BlobShape``, ``BlobProto``: the data and mean files.
+- ``LayerParameter`` restricted to what a data layer carries (its generic
+  fields, ``transform_param``, ``data_param``, ``image_data_param``,
+  ``hdf5_data_param``, ``python_param``), with ``NetState``,
+  ``NetStateRule`` and ``ParamSpec``: what ``server.prototxt`` parses.
+
+Why declare a subset rather than ship Caffe's whole ``caffe.proto``: zfeed
+reads only data layers, and real prototxts often come from Caffe forks
+(SSD, Faster R-CNN, NVCaffe...) whose other layers have parameters no single
+``caffe.proto`` knows. ``server.prototxt`` therefore only finds the layer
+blocks and parses data layers, strictly, with these messages; the rest of a
+net is never interpreted. A test compares every declared field with real
+Caffe's ``caffe_pb2`` (tests/test_prototxt_caffe.py), so the declarations
+cannot drift from what Caffe reads.
 
 The descriptors live in a private descriptor pool, never the default one, so
 importing this module next to a real ``caffe_pb2`` cannot clash.
@@ -13,10 +29,13 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _F = descriptor_pb2.FieldDescriptorProto
+_OPT, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
+_INT32, _UINT32, _INT64 = _F.TYPE_INT32, _F.TYPE_UINT32, _F.TYPE_INT64
+_FLOAT, _DOUBLE, _BOOL = _F.TYPE_FLOAT, _F.TYPE_DOUBLE, _F.TYPE_BOOL
+_STRING, _BYTES, _MESSAGE, _ENUM = _F.TYPE_STRING, _F.TYPE_BYTES, _F.TYPE_MESSAGE, _F.TYPE_ENUM
 
 
-def _field(name, number, ftype, label=_F.LABEL_OPTIONAL, *, default=None,
-           packed=False, type_name=None):
+def _field(name, number, ftype, label=_OPT, *, default=None, packed=False, type_name=None):
     field = _F(name=name, number=number, type=ftype, label=label)
     if default is not None:
         field.default_value = default
@@ -27,32 +46,124 @@ def _field(name, number, ftype, label=_F.LABEL_OPTIONAL, *, default=None,
     return field
 
 
+def _enum(name, values):
+    return descriptor_pb2.EnumDescriptorProto(
+        name=name, value=[descriptor_pb2.EnumValueDescriptorProto(name=n, number=v) for n, v in values])
+
+
+def _message(proto, name, fields, enums=()):
+    proto.message_type.add(name=name, field=fields, enum_type=list(enums))
+
+
 def _file_descriptor_proto():
-    rep = _F.LABEL_REPEATED
     proto = descriptor_pb2.FileDescriptorProto(
         name="zfeed/caffe_subset.proto", package="caffe", syntax="proto2")
-    proto.message_type.add(name="BlobShape", field=[
-        _field("dim", 1, _F.TYPE_INT64, rep, packed=True),
+    proto.enum_type.append(_enum("Phase", [("TRAIN", 0), ("TEST", 1)]))
+    _message(proto, "BlobShape", [
+        _field("dim", 1, _INT64, _REP, packed=True),
     ])
-    proto.message_type.add(name="BlobProto", field=[
-        _field("shape", 7, _F.TYPE_MESSAGE, type_name=".caffe.BlobShape"),
-        _field("data", 5, _F.TYPE_FLOAT, rep, packed=True),
-        _field("diff", 6, _F.TYPE_FLOAT, rep, packed=True),
-        _field("double_data", 8, _F.TYPE_DOUBLE, rep, packed=True),
-        _field("double_diff", 9, _F.TYPE_DOUBLE, rep, packed=True),
-        _field("num", 1, _F.TYPE_INT32, default="0"),
-        _field("channels", 2, _F.TYPE_INT32, default="0"),
-        _field("height", 3, _F.TYPE_INT32, default="0"),
-        _field("width", 4, _F.TYPE_INT32, default="0"),
+    _message(proto, "BlobProto", [
+        _field("shape", 7, _MESSAGE, type_name=".caffe.BlobShape"),
+        _field("data", 5, _FLOAT, _REP, packed=True),
+        _field("diff", 6, _FLOAT, _REP, packed=True),
+        _field("double_data", 8, _DOUBLE, _REP, packed=True),
+        _field("double_diff", 9, _DOUBLE, _REP, packed=True),
+        _field("num", 1, _INT32, default="0"),
+        _field("channels", 2, _INT32, default="0"),
+        _field("height", 3, _INT32, default="0"),
+        _field("width", 4, _INT32, default="0"),
     ])
-    proto.message_type.add(name="Datum", field=[
-        _field("channels", 1, _F.TYPE_INT32),
-        _field("height", 2, _F.TYPE_INT32),
-        _field("width", 3, _F.TYPE_INT32),
-        _field("data", 4, _F.TYPE_BYTES),
-        _field("label", 5, _F.TYPE_INT32),
-        _field("float_data", 6, _F.TYPE_FLOAT, rep),
-        _field("encoded", 7, _F.TYPE_BOOL, default="false"),
+    _message(proto, "Datum", [
+        _field("channels", 1, _INT32),
+        _field("height", 2, _INT32),
+        _field("width", 3, _INT32),
+        _field("data", 4, _BYTES),
+        _field("label", 5, _INT32),
+        _field("float_data", 6, _FLOAT, _REP),
+        _field("encoded", 7, _BOOL, default="false"),
+    ])
+    _message(proto, "NetState", [
+        _field("phase", 1, _ENUM, default="TEST", type_name=".caffe.Phase"),
+        _field("level", 2, _INT32, default="0"),
+        _field("stage", 3, _STRING, _REP),
+    ])
+    _message(proto, "NetStateRule", [
+        _field("phase", 1, _ENUM, type_name=".caffe.Phase"),
+        _field("min_level", 2, _INT32),
+        _field("max_level", 3, _INT32),
+        _field("stage", 4, _STRING, _REP),
+        _field("not_stage", 5, _STRING, _REP),
+    ])
+    _message(proto, "ParamSpec", [
+        _field("name", 1, _STRING),
+        _field("share_mode", 2, _ENUM, type_name=".caffe.ParamSpec.DimCheckMode"),
+        _field("lr_mult", 3, _FLOAT, default="1"),
+        _field("decay_mult", 4, _FLOAT, default="1"),
+    ], [_enum("DimCheckMode", [("STRICT", 0), ("PERMISSIVE", 1)])])
+    _message(proto, "TransformationParameter", [
+        _field("scale", 1, _FLOAT, default="1"),
+        _field("mirror", 2, _BOOL, default="false"),
+        _field("crop_size", 3, _UINT32, default="0"),
+        _field("mean_file", 4, _STRING),
+        _field("mean_value", 5, _FLOAT, _REP),
+        _field("force_color", 6, _BOOL, default="false"),
+        _field("force_gray", 7, _BOOL, default="false"),
+    ])
+    _message(proto, "DataParameter", [
+        _field("source", 1, _STRING),
+        _field("batch_size", 4, _UINT32),
+        _field("rand_skip", 7, _UINT32, default="0"),
+        _field("backend", 8, _ENUM, default="LEVELDB", type_name=".caffe.DataParameter.DB"),
+        _field("scale", 2, _FLOAT, default="1"),
+        _field("mean_file", 3, _STRING),
+        _field("crop_size", 5, _UINT32, default="0"),
+        _field("mirror", 6, _BOOL, default="false"),
+        _field("force_encoded_color", 9, _BOOL, default="false"),
+        _field("prefetch", 10, _UINT32, default="4"),
+    ], [_enum("DB", [("LEVELDB", 0), ("LMDB", 1)])])
+    _message(proto, "ImageDataParameter", [
+        _field("source", 1, _STRING),
+        _field("batch_size", 4, _UINT32, default="1"),
+        _field("rand_skip", 7, _UINT32, default="0"),
+        _field("shuffle", 8, _BOOL, default="false"),
+        _field("new_height", 9, _UINT32, default="0"),
+        _field("new_width", 10, _UINT32, default="0"),
+        _field("is_color", 11, _BOOL, default="true"),
+        _field("scale", 2, _FLOAT, default="1"),
+        _field("mean_file", 3, _STRING),
+        _field("crop_size", 5, _UINT32, default="0"),
+        _field("mirror", 6, _BOOL, default="false"),
+        _field("root_folder", 12, _STRING, default=""),
+    ])
+    _message(proto, "HDF5DataParameter", [
+        _field("source", 1, _STRING),
+        _field("batch_size", 2, _UINT32),
+        _field("shuffle", 3, _BOOL, default="false"),
+    ])
+    _message(proto, "PythonParameter", [
+        _field("module", 1, _STRING),
+        _field("layer", 2, _STRING),
+        _field("param_str", 3, _STRING, default=""),
+        _field("share_in_parallel", 4, _BOOL, default="false"),
+    ])
+    # Only the fields a data layer carries: any other *_param in a data layer is refused.
+    _message(proto, "LayerParameter", [
+        _field("name", 1, _STRING),
+        _field("type", 2, _STRING),
+        _field("bottom", 3, _STRING, _REP),
+        _field("top", 4, _STRING, _REP),
+        _field("phase", 10, _ENUM, type_name=".caffe.Phase"),
+        _field("loss_weight", 5, _FLOAT, _REP),
+        _field("param", 6, _MESSAGE, _REP, type_name=".caffe.ParamSpec"),
+        _field("blobs", 7, _MESSAGE, _REP, type_name=".caffe.BlobProto"),
+        _field("propagate_down", 11, _BOOL, _REP),
+        _field("include", 8, _MESSAGE, _REP, type_name=".caffe.NetStateRule"),
+        _field("exclude", 9, _MESSAGE, _REP, type_name=".caffe.NetStateRule"),
+        _field("transform_param", 100, _MESSAGE, type_name=".caffe.TransformationParameter"),
+        _field("data_param", 107, _MESSAGE, type_name=".caffe.DataParameter"),
+        _field("hdf5_data_param", 112, _MESSAGE, type_name=".caffe.HDF5DataParameter"),
+        _field("image_data_param", 115, _MESSAGE, type_name=".caffe.ImageDataParameter"),
+        _field("python_param", 130, _MESSAGE, type_name=".caffe.PythonParameter"),
     ])
     return proto
 
@@ -70,6 +181,19 @@ _FILE = _POOL.FindFileByName("zfeed/caffe_subset.proto")
 BlobShape = _message_class(_FILE.message_types_by_name["BlobShape"])
 BlobProto = _message_class(_FILE.message_types_by_name["BlobProto"])
 Datum = _message_class(_FILE.message_types_by_name["Datum"])
+NetState = _message_class(_FILE.message_types_by_name["NetState"])
+NetStateRule = _message_class(_FILE.message_types_by_name["NetStateRule"])
+LayerParameter = _message_class(_FILE.message_types_by_name["LayerParameter"])
+
+# Names of every message declared here, for the field-for-field test against real Caffe.
+MESSAGE_NAMES = tuple(_FILE.message_types_by_name)
+# Messages declared with only some of Caffe's fields (all others are complete).
+PARTIAL_MESSAGES = ("LayerParameter",)
+
+
+def message_class(name):
+    """The class of message ``caffe.<name>`` declared here."""
+    return _message_class(_FILE.message_types_by_name[name])
 
 
 def image_to_datum(image_chw, label):

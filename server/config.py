@@ -12,15 +12,16 @@ import argparse
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from server.caffe_proto import read_mean_binaryproto
 from server.curve import CurveError, CurveServer
 from server.plan import Shard
-from server.decode import COLOR_BGR, COLOR_GRAY
-from server.sources import SourceError, open_source
+from server.data_options import (CLI_NAMES, DataOptionError, add_arguments as add_data_arguments,
+                                 explicit_options, from_command_line, from_prototxt)
+from server.sources import DEFAULT_DATASETS, SelectedArrays, SourceError, SourceOptions, open_source
 from server.batch_layout import BatchLayout
 from server.transform import TEST, TRAIN, TransformParams
 
@@ -59,6 +60,13 @@ class ServerConfig:
     shard: Shard = Shard()
     metrics_port: int = 0
     wire_format: str = "auto"
+    # Data options beyond --source (server/data_options.py); names: how messages name each option.
+    resize_hw: Tuple[int, int] = (0, 0)
+    datasets: Tuple[str, ...] = DEFAULT_DATASETS
+    arrays: Optional[Tuple[str, ...]] = None
+    base_dir: str = ""
+    names: Dict[str, str] = field(default_factory=lambda: dict(CLI_NAMES))
+    layer: str = ""
 
 
 def _positive_int(text: str) -> int:
@@ -104,8 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="zfeed data server: loads, transforms and batches samples "
                     "and pushes them to Caffe's ZmqDataLayer over ZeroMQ.")
     data = parser.add_argument_group("data")
-    data.add_argument("--source", required=True,
-                      help="lmdb:PATH (Caffe Datums), imagelist:LISTFILE (Caffe ImageData list) or npz:PATH")
+    which = data.add_mutually_exclusive_group(required=True)
+    which.add_argument("--source",
+                       help="lmdb:PATH or leveldb:PATH (Caffe Datums), imagelist:LISTFILE (Caffe ImageData "
+                            "list), folder:DIR (a sub-folder per class), hdf5:LISTFILE (Caffe HDF5Data list), "
+                            "npz:PATH, or python:MODULE:FACTORY (your own dataset)")
+    which.add_argument("--from-prototxt", default="", metavar="NET",
+                       help="serve the Data/ImageData/HDF5Data layer that the Caffe net NET runs in --phase, "
+                            "with its source, batch size and transform_param")
     data.add_argument("--root-folder", default="", help="prefix of the paths in an image list (as Caffe's root_folder)")
     data.add_argument("--force-color", action="store_true", help="decode images as 3-channel BGR")
     data.add_argument("--force-gray", action="store_true", help="decode images as 1-channel gray")
@@ -135,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--mean-value", type=_mean_values, default=(), help="B,G,R or one value for all channels")
     tf.add_argument("--mean-file", default="", help="mean.binaryproto of the full image size")
     tf.add_argument("--scale", type=float, default=1.0)
+    add_data_arguments(parser)
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between throughput lines")
     scale = parser.add_argument_group("scaling out")
     scale.add_argument("--shard", type=_shard, default=Shard(),
@@ -185,13 +200,18 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
     if args.state_dir and not os.path.isdir(args.state_dir):
         raise ConfigError("--state-dir %s is not a directory: create it or give another" % args.state_dir)
     bind = args.bind or ([] if args.connect else [DEFAULT_BIND])
-    color = COLOR_BGR if args.force_color else COLOR_GRAY if args.force_gray else None
+    try:
+        explicit = explicit_options(build_parser(), argv)
+        data = from_prototxt(args, explicit) if args.from_prototxt else from_command_line(args, explicit)
+    except DataOptionError as exc:
+        raise ConfigError(str(exc)) from None
+    default_shuffle = data.pop("default_shuffle")
+    if default_shuffle is None:
+        default_shuffle = args.phase == TRAIN
     return ServerConfig(
-        source=args.source, root_folder=args.root_folder, bind=bind, connect=args.connect,
-        batch_size=args.batch_size, workers=args.workers, phase=args.phase,
-        shuffle=args.phase == TRAIN if args.shuffle is None else args.shuffle,
-        seed=args.seed, epochs=args.epochs, crop_size=args.crop_size, mirror=args.mirror,
-        mean_values=args.mean_value, mean_file=args.mean_file, scale=args.scale, color=color,
+        bind=bind, connect=args.connect, workers=args.workers, phase=args.phase,
+        shuffle=default_shuffle if args.shuffle is None else args.shuffle,
+        seed=args.seed, epochs=args.epochs, **data,
         max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
@@ -210,15 +230,16 @@ class PreparedData:
 
 def _mean_array(config: ServerConfig, image_shape: Tuple[int, int, int]) -> Optional[np.ndarray]:
     channels = image_shape[0]
+    names = config.names
     if config.mean_file:
         try:
             mean = read_mean_binaryproto(config.mean_file)
         except (OSError, ValueError) as exc:
-            raise ConfigError("--mean-file %s: %s" % (config.mean_file, exc)) from None
+            raise ConfigError("%s %s: %s" % (names["mean_file"], config.mean_file, exc)) from None
         if mean.shape != image_shape:
-            raise ConfigError("--mean-file %s is %s (C x H x W) but the images are %s: "
+            raise ConfigError("%s %s is %s (C x H x W) but the images are %s: "
                               "compute the mean over this data set (python -m server.tools.compute_image_mean)"
-                              % (config.mean_file, "x".join(map(str, mean.shape)),
+                              % (names["mean_file"], config.mean_file, "x".join(map(str, mean.shape)),
                                  "x".join(map(str, image_shape))))
         return mean.astype(np.float32)
     if config.mean_values:
@@ -226,31 +247,55 @@ def _mean_array(config: ServerConfig, image_shape: Tuple[int, int, int]) -> Opti
         if len(values) == 1:
             values = values * channels
         if len(values) != channels:
-            raise ConfigError("--mean-value has %d values but the images have %d channels: "
-                              "give one value or one per channel" % (len(values), channels))
+            raise ConfigError("%s has %d values but the images have %d channels: "
+                              "give one value or one per channel" % (names["mean_value"], len(values), channels))
         return np.asarray(values, dtype=np.float32).reshape(channels, 1, 1)
     return None
 
 
-def prepare(config: ServerConfig) -> PreparedData:
-    """Open the source, read its first sample and check the transform against it."""
+def _has_transform(config: ServerConfig) -> bool:
+    return bool(config.crop_size or config.mirror or config.mean_file or config.mean_values
+                or config.scale != 1.0)
+
+
+def _open_checked_source(config: ServerConfig):
+    """The source and its first sample; ConfigError naming the source option when unusable."""
+    options = SourceOptions(root_folder=config.root_folder, color=config.color, resize_hw=config.resize_hw,
+                            datasets=config.datasets, base_dir=config.base_dir)
     try:
-        source = open_source(config.source, config.root_folder, config.color)
+        source = open_source(config.source, options)
+        if config.arrays is not None:
+            source = SelectedArrays(source, config.arrays)
         source.open()
         try:
             first = source.read(0)
         finally:
             source.close()
     except SourceError as exc:
-        raise ConfigError("--source: %s" % exc) from None
+        raise ConfigError("%s: %s" % (config.names["source"], exc)) from None
     except Exception as exc:
-        raise ConfigError("--source %s: cannot read the first sample: %s" % (config.source, exc)) from None
-    image_shape = tuple(int(d) for d in first["data"].shape)
+        raise ConfigError("%s %s: cannot read the first sample: %s"
+                          % (config.names["source"], config.source, exc)) from None
+    return source, first
+
+
+def prepare(config: ServerConfig) -> PreparedData:
+    """Open the source, read its first sample and check the transform against it."""
+    source, first = _open_checked_source(config)
+    image = first.get("data")
+    if not (source.transformable and image is not None and np.ndim(image) == 3):
+        if _has_transform(config):
+            raise ConfigError("%s: the samples of %s have no C x H x W 'data' image to transform (they have %s)"
+                              % (config.names["transform"], config.source,
+                                 ", ".join("%s %s" % (k, np.shape(v)) for k, v in first.items())))
+        return PreparedData(source, BatchLayout.from_sample(first, None))
+    image_shape = tuple(int(d) for d in image.shape)
     channels, height, width = image_shape
     if config.crop_size > min(height, width):
-        raise ConfigError("--crop-size %d is larger than the %dx%d images of %s: "
+        raise ConfigError("%s %d is larger than the %dx%d images of %s: "
                           "use a crop size of at most %d"
-                          % (config.crop_size, height, width, config.source, min(height, width)))
+                          % (config.names["crop_size"], config.crop_size, height, width, config.source,
+                             min(height, width)))
     params = TransformParams(phase=config.phase, crop_size=config.crop_size, mirror=config.mirror,
                              scale=config.scale, mean=_mean_array(config, image_shape))
     return PreparedData(source, BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto"))

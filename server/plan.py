@@ -14,7 +14,7 @@ next free position; see server/assembly.py.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -56,7 +56,10 @@ class EpochPlan:
     """
 
     def __init__(self, dataset_size: int, batch_size: int, seed: int, shuffle: bool,
-                 epochs: Optional[int] = None, shard: Shard = Shard()):
+                 epochs: Optional[int] = None, shard: Shard = Shard(),
+                 shuffled_order: Optional[Callable[[np.random.Generator], np.ndarray]] = None):
+        """``shuffled_order(rng)``: the source's own notion of a shuffled epoch (e.g. HDF5 keeps
+        a file's rows together, as Caffe does); default: a uniform permutation."""
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if not 0 <= shard.index < shard.count:
@@ -70,6 +73,7 @@ class EpochPlan:
         self.shuffle = shuffle
         self.epochs = epochs
         self.shard = shard
+        self.shuffled_order = shuffled_order
         self.local_size = shard.size_of(dataset_size)
         self._cached_epoch = -1
         self._cached_order = np.arange(dataset_size, dtype=np.int64)
@@ -91,7 +95,8 @@ class EpochPlan:
             return np.arange(self.dataset_size, dtype=np.int64)
         if epoch != self._cached_epoch:
             rng = np.random.Generator(np.random.PCG64([self.seed, _PERMUTATION_STREAM, epoch]))
-            self._cached_order = rng.permutation(self.dataset_size).astype(np.int64)
+            order = self.shuffled_order(rng) if self.shuffled_order else rng.permutation(self.dataset_size)
+            self._cached_order = np.asarray(order, dtype=np.int64)
             self._cached_epoch = epoch
         return self._cached_order
 

@@ -76,8 +76,8 @@ class DataServer:
         self.config = config
         self.prepared = prepared
         try:
-            self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed,
-                                  config.shuffle, config.epochs, config.shard)
+            self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed, config.shuffle,
+                                  config.epochs, config.shard, getattr(prepared.source, "shuffled_order", None))
         except ValueError as exc:
             raise ConfigError("--shard: %s" % exc) from None
         self.specs = [wire.array_spec(name, dtype, shape)

@@ -11,7 +11,7 @@ from datasets import write_npz
 from processes import ServerProcess, free_port, run_server
 from server.tools.keygen import main as keygen
 
-MARKER = np.float32(123.0).tobytes() * 16  # 64 bytes of pixel data as it travels in clear
+MARKER = bytes([123]) * 64  # 64 pixels of value 123, as uint8 pixels travel in clear
 
 
 @pytest.fixture

@@ -118,7 +118,8 @@ def test_metrics_endpoint_counts_what_happens(tmp_path):
         assert server.stop() == 0
     assert metric(text, "zfeed_batches_sent_total") >= 24
     assert metric(text, "zfeed_samples_sent_total") == BATCH * metric(text, "zfeed_batches_sent_total")
-    assert metric(text, "zfeed_bytes_sent_total") == metric(text, "zfeed_batches_sent_total") * BATCH * (3 * 8 * 8 + 1) * 4
+    pixels_and_label = 3 * 8 * 8 + 4  # uint8 pixels, a float32 label
+    assert metric(text, "zfeed_bytes_sent_total") == metric(text, "zfeed_batches_sent_total") * BATCH * pixels_and_label
     assert metric(text, "zfeed_worker_restarts_total") == 1
     assert metric(text, "zfeed_samples_skipped_total") >= 1
     assert metric(text, "zfeed_trainers_connected") == 1

@@ -24,13 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from server.caffe_proto import encoded_datum, image_to_datum
-from server.sources import read_image_list
+from server.sources import read_image_list, scan_class_folder
 
 COMMIT_EVERY = 1000
 # Only address space: LMDB files are sparse on Linux and grow with the data.
 INITIAL_MAP_SIZE = 1 << 40
-IMAGE_SUFFIXES = frozenset(
-    ".bmp .jpeg .jpg .pbm .pgm .png .ppm .tif .tiff .webp".split())
 _SAME_FORMAT = {"jpeg": "jpg"}
 
 
@@ -44,26 +42,6 @@ class ImagesetError(Exception):
     def __init__(self, index, path, reason):
         super().__init__(f"{path}: {reason}")
         self.index, self.path, self.reason = index, path, reason
-
-
-def scan_class_folder(folder):
-    """Entries of a folder holding one sub-folder per class: ``(entries, classes)``.
-
-    ``classes`` are the sorted sub-folder names; class k gets label k. Each
-    class contributes its image files (by suffix, searched recursively,
-    hidden names skipped) in sorted order, as paths relative to ``folder``.
-    """
-    classes = sorted(name for name in os.listdir(folder)
-                     if not name.startswith(".") and os.path.isdir(os.path.join(folder, name)))
-    entries = []
-    for label, name in enumerate(classes):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(folder, name)):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found += [os.path.relpath(os.path.join(dirpath, f), folder) for f in filenames
-                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
-        entries += [(path, label) for path in sorted(found)]
-    return entries, classes
 
 
 def _image_format(name):

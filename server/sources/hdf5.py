@@ -1,0 +1,141 @@
+"""Rows of HDF5 files, as Caffe's HDF5Data layer reads them.
+
+The source is a list file naming ``.h5`` files (whitespace-separated, as
+Caffe reads it with ``>>``); a relative name is relative to ``base_dir``,
+the directory Caffe runs in. Each served array is the dataset of the same
+name (Caffe's top name), one row per sample, with the stored shape after
+the first axis; values become float32, as Caffe's float blobs. Like Caffe,
+the source refuses scalar datasets, non-numeric ones, and files whose
+datasets differ in row count; unlike Caffe (which finds out mid-training)
+it checks every file at start-up, and also refuses empty files and rows
+whose shape differs between files.
+
+Order. Without shuffling, samples come file after file, rows in order.
+Caffe's ``shuffle: true`` permutes the order of the files at every pass and
+the rows within a file each time it is loaded, so a file's rows stay
+together; ``shuffled_order`` draws such an order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from server.sources.base import Sample, SourceError
+
+OPEN_FILES_PER_PROCESS = 8
+
+
+def read_hdf5_list(list_path: str, base_dir: str = "") -> List[str]:
+    """The file names an HDF5Data source list holds, resolved against ``base_dir``."""
+    try:
+        with open(list_path, encoding="utf-8") as f:
+            names = f.read().split()
+    except OSError as exc:
+        raise SourceError("cannot read HDF5 file list %s: %s" % (list_path, exc.strerror)) from None
+    if not names:
+        raise SourceError("HDF5 file list %s names no files" % list_path)
+    return [os.path.join(base_dir, name) if base_dir else name for name in names]
+
+
+def _dataset_shape(handle, path: str, name: str) -> Tuple[int, ...]:
+    import h5py
+
+    dataset = handle.get(name)
+    if not isinstance(dataset, h5py.Dataset):
+        present = sorted(key for key in handle if isinstance(handle[key], h5py.Dataset))
+        raise SourceError("HDF5 file %s has no dataset %r (it has %s)"
+                          % (path, name, ", ".join(map(repr, present)) or "no datasets"))
+    if dataset.dtype.kind not in "iuf":
+        raise SourceError("HDF5 file %s dataset %r holds %s; Caffe reads integer and float datasets only"
+                          % (path, name, dataset.dtype))
+    if dataset.ndim < 1:
+        raise SourceError("HDF5 file %s dataset %r is a scalar; Caffe needs at least one axis (rows)"
+                          % (path, name))
+    return tuple(int(d) for d in dataset.shape)
+
+
+class Hdf5Source:
+    """The rows of the datasets ``datasets`` in the files a Caffe HDF5Data list names."""
+
+    transformable = False
+
+    def __init__(self, list_path: str, datasets: Sequence[str], base_dir: str = ""):
+        import h5py
+
+        if not datasets:
+            raise SourceError("name at least one HDF5 dataset to serve")
+        self.list_path = list_path
+        self.datasets = tuple(datasets)
+        self.files = read_hdf5_list(list_path, base_dir)
+        row_shapes = None
+        counts = []
+        for path in self.files:
+            try:
+                with h5py.File(path, "r") as handle:
+                    shapes = [_dataset_shape(handle, path, name) for name in self.datasets]
+            except OSError as exc:
+                raise SourceError("cannot open HDF5 file %s (listed in %s): %s" % (path, list_path, exc)) from None
+            rows = {shape[0] for shape in shapes}
+            if len(rows) != 1:
+                raise SourceError("HDF5 file %s: datasets %s have different row counts %s"
+                                  % (path, ", ".join(self.datasets), [shape[0] for shape in shapes]))
+            if shapes[0][0] == 0:
+                raise SourceError("HDF5 file %s has no rows" % path)
+            if row_shapes is None:
+                row_shapes = [shape[1:] for shape in shapes]
+            for name, shape, first in zip(self.datasets, shapes, row_shapes):
+                if shape[1:] != first:
+                    raise SourceError("HDF5 file %s dataset %r has rows of shape %s, but %s has %s"
+                                      % (path, name, shape[1:], self.files[0], first))
+            counts.append(shapes[0][0])
+        self.row_counts = np.asarray(counts, dtype=np.int64)
+        self.file_starts = np.concatenate([[0], np.cumsum(self.row_counts)])
+        self._open: "OrderedDict[int, object]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.file_starts[-1])
+
+    def open(self) -> None:
+        self._open = OrderedDict()
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open = OrderedDict()
+
+    def locate(self, index: int) -> Tuple[int, int]:
+        """(file number, row) of sample ``index``."""
+        file_number = int(np.searchsorted(self.file_starts, index, side="right")) - 1
+        return file_number, index - int(self.file_starts[file_number])
+
+    def describe(self, index: int) -> str:
+        file_number, row = self.locate(index)
+        return "HDF5 file %s row %d" % (self.files[file_number], row)
+
+    def _handle(self, file_number: int):
+        import h5py
+
+        handle = self._open.get(file_number)
+        if handle is None:
+            handle = h5py.File(self.files[file_number], "r")
+            self._open[file_number] = handle
+            if len(self._open) > OPEN_FILES_PER_PROCESS:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(file_number)
+        return handle
+
+    def read(self, index: int) -> Sample:
+        file_number, row = self.locate(index)
+        handle = self._handle(file_number)
+        return {name: handle[name][row] for name in self.datasets}
+
+    def shuffled_order(self, rng: np.random.Generator) -> np.ndarray:
+        """A pass in Caffe's shuffled order: files permuted, each file's rows permuted, together."""
+        parts = [self.file_starts[f] + rng.permutation(self.row_counts[f])
+                 for f in rng.permutation(len(self.files))]
+        return np.concatenate(parts).astype(np.int64)
