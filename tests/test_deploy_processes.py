@@ -1,0 +1,270 @@
+"""What the images run, run here as plain processes, as the compose file and the manifests run it.
+
+No container engine runs here (see deploy_support): each container is a
+process with the image's command, ENV and working directory, the service's
+environment, paths and ports mapped to this machine, its own host name and
+its data mounted read-only. Checked: the entry point's environment
+mapping; that the process started is the server itself (the image's PID 1)
+and exits 0 on SIGTERM; the image's health check; that the StatefulSet's
+pods together deliver each sample once per epoch; and that `docker compose
+up --scale trainserver=2` trains the demo in real Caffe.
+"""
+
+import contextlib
+import json
+import re
+import sys
+import time
+import urllib.request
+
+import lmdb
+import pytest
+
+from caffe_runner import caffe_python
+from client_layer import BatchClient
+from deploy_support import (ENTRYPOINT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERFILE, Container, compose_config,
+                            container_env, dockerfile_stages, entrypoint_argv, env_list, image_env,
+                            isolation_missing, k8s_by_kind, localize, option, pod_spec, run_command,
+                            run_entrypoint)
+from processes import free_port
+from server.config import build_parser
+
+ISOLATION = isolation_missing()
+needs_isolation = pytest.mark.skipif(ISOLATION is not None, reason=ISOLATION or "")
+TRAINER_DEADLINE_S = 150.0
+READY_DEADLINE_S = 30.0
+LOCALHOST = "tcp://127.0.0.1:%d"
+
+
+def server_stage():
+    stages = dockerfile_stages(SERVER_DOCKERFILE)
+    return stages, stages["server"]
+
+
+def start_demo_setup(stages, args, log_path):
+    """The demo-dataset image (deploy/demo_setup.py) with ``args``, paths already mapped."""
+    return Container(stages["demo-dataset"].exec_form("ENTRYPOINT") + list(args),
+                     container_env(image_env(stages, "demo-dataset"), {}, sys.executable), log_path)
+
+
+def wait_until_metrics_answer(port, server, deadline_s=READY_DEADLINE_S):
+    """Kubernetes' readiness probe: GET /metrics until it answers."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("/metrics on port %d never answered; log:\n%s" % (port, server.log))
+            time.sleep(0.1)
+
+
+def metric(text, name):
+    """The value of the first series ``name`` (labelled or not) in Prometheus' text format."""
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no metric %s in:\n%s" % (name, text))
+
+
+def health(stages, server_env):
+    """The image's HEALTHCHECK command's exit status, for a server run with ``server_env``."""
+    return run_command(stages["server"].exec_form("HEALTHCHECK"), server_env, timeout=30).returncode
+
+
+# -- the entry point ------------------------------------------------------------------------------
+
+def documented_variables():
+    """(variable, option) pairs of the table at the top of the entry point."""
+    header = [line[1:] for line in ENTRYPOINT.read_text().splitlines()[1:] if line.startswith("#")]
+    words = " ".join(header).split()
+    return [(word, words[i + 1].rstrip(",;")) for i, word in enumerate(words[:-1])
+            if re.fullmatch(r"ZFEED_[A-Z_]+", word)]
+
+
+def test_entry_point_documents_every_variable_it_reads_and_each_names_a_server_option():
+    server_help = build_parser().format_help()
+    readme = (REPO / "README.md").read_text()
+    documented = dict(documented_variables())
+    assert len(documented) >= 20
+    for variable, flag in documented.items():
+        assert re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(flag), server_help), \
+            "%s is documented as %s, which the server does not have" % (variable, flag)
+        assert "`%s`" % variable in readme, "README.md does not list %s" % variable
+    script = ENTRYPOINT.read_text().split("set -eu", 1)[1]
+    read = {"ZFEED_" + name for name in re.findall(r"\b([A-Z_]+):--", script)}
+    read |= set(re.findall(r"\$\{?(ZFEED_[A-Z_]+)", script))
+    assert read == set(documented)
+
+
+def test_entry_point_turns_the_environment_into_options_before_the_arguments(tmp_path):
+    env = {"ZFEED_SOURCE": "lmdb:/data/my train_lmdb", "ZFEED_PHASE": "train", "ZFEED_BATCH_SIZE": "32",
+           "ZFEED_MIRROR": "yes", "ZFEED_SHUFFLE": "false", "ZFEED_MEAN_VALUE": "104,117,123",
+           "ZFEED_BIND": "tcp://*:5555", "ZFEED_CONNECT": "tcp://trainer-a:5555, tcp://trainer-b:5555",
+           "ZFEED_SHARD": "1/3", "ZFEED_METRICS_PORT": "9100", "ZFEED_EPOCHS": ""}
+    argv = entrypoint_argv(env, ["--batch-size", "16", "--crop-size", "8"], tmp_path)
+    args = build_parser().parse_args(argv)
+    assert args.source == "lmdb:/data/my train_lmdb" and args.phase == "train"  # a space stays in its value
+    assert args.mirror is True and args.shuffle is False and args.mean_value == (104.0, 117.0, 123.0)
+    assert args.bind == ["tcp://*:5555"]  # not expanded as a glob
+    assert args.connect == ["tcp://trainer-a:5555", "tcp://trainer-b:5555"]
+    assert (args.shard.index, args.shard.count, args.metrics_port, args.epochs) == (1, 3, 9100, None)
+    assert args.batch_size == 16 and args.crop_size == 8  # the container's arguments come last: they win
+    assert entrypoint_argv({}, [], tmp_path) == []
+    assert "--mirror" not in entrypoint_argv({"ZFEED_MIRROR": "0"}, [], tmp_path)
+
+
+def test_entry_point_refuses_a_boolean_that_is_not_one(tmp_path):
+    for name in ("ZFEED_MIRROR", "ZFEED_SHUFFLE"):
+        result = run_entrypoint({name: "maybe"}, [], tmp_path)
+        assert result.returncode == 2 and result.stdout == b""  # the server did not start
+        assert ("%s=maybe: expected 1/true/yes or 0/false/no" % name).encode() in result.stderr
+
+
+@needs_isolation
+def test_seed_hostname_gives_each_replica_its_own_seed(tmp_path):
+    def seed(hostname):
+        argv = entrypoint_argv({"ZFEED_SEED": "hostname", "ZFEED_SOURCE": "npz:/data/a.npz"}, [], tmp_path, hostname)
+        return build_parser().parse_args(argv).seed
+
+    assert seed("zfeed-trainserver-1") == seed("zfeed-trainserver-1") != seed("zfeed-trainserver-2")
+
+
+# -- Kubernetes: the StatefulSet's pods ------------------------------------------------------------
+
+def train_layer_params(net_path):
+    """The param_str of the net's TRAIN data layer (the template's first layer), as JSON."""
+    text = net_path.read_text()
+    first_layer = text[:text.index("include { phase: TEST }")]
+    (param_str,) = re.findall(r"param_str: '(\{[^']*\})'", first_layer)
+    assert "include { phase: TRAIN }" in first_layer
+    return json.loads(param_str)
+
+
+def lmdb_records(path):
+    with lmdb.open(str(path), readonly=True, lock=False) as env, env.begin() as txn:
+        return list(txn.cursor())
+
+
+@needs_isolation
+def test_statefulset_pods_serve_each_sample_once_per_epoch_and_stop_on_sigterm(tmp_path):
+    name = "zfeed-server"
+    statefulset = k8s_by_kind("StatefulSet")[name]
+    service_name = statefulset["spec"]["serviceName"]
+    spec = pod_spec(statefulset)
+    (init,), (container,) = spec["initContainers"], spec["containers"]
+    (data_mount,) = [m for m in container["volumeMounts"] if m.get("readOnly")]
+    data_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "data")
+    (job,) = k8s_by_kind("Job").values()
+    (job_setup,) = pod_spec(job)["initContainers"]
+    (job_volume,) = [m for m in job_setup["volumeMounts"] if m["name"] != "tmp"]
+    stages, server = server_stage()
+    replicas = statefulset["spec"]["replicas"]
+    assert replicas >= 2
+    with contextlib.ExitStack() as stack:
+        # Each pod's init container builds the data set into the pod's own emptyDir; all pods at once.
+        pods, builds = [], []
+        for ordinal in range(replicas):
+            folder = tmp_path / ("%s-%d" % (name, ordinal)) / "data"
+            folder.mkdir(parents=True)
+            pods.append({"folder": folder, "port": free_port(), "metrics": free_port()})
+            args = [localize(arg, {data_mount["mountPath"]: str(folder)}) for arg in init["args"]]
+            builds.append(stack.enter_context(start_demo_setup(stages, args, tmp_path / ("init-%d.log" % ordinal))))
+        # The trainer Job's init container writes the net, pointing its layer at every pod's DNS name.
+        pod_names = {"tcp://%s-%d.%s:%d" % (name, ordinal, service_name, data_port): LOCALHOST % pod["port"]
+                     for ordinal, pod in enumerate(pods)}
+        job_folder = tmp_path / "zfeed-trainer" / "demo"
+        job_folder.mkdir(parents=True)
+        args = [localize(arg, dict(pod_names, **{job_volume["mountPath"]: str(job_folder)})) for arg in job_setup["args"]]
+        builds.append(stack.enter_context(start_demo_setup(stages, args, tmp_path / "job-init.log")))
+        for build in builds:
+            assert build.wait(90) == 0, build.log
+        first = lmdb_records(pods[0]["folder"] / "train_lmdb")
+        for pod in pods[1:]:
+            assert lmdb_records(pod["folder"] / "train_lmdb") == first  # every shard splits the same data set
+
+        for ordinal, pod in enumerate(pods):
+            mapping = {data_mount["mountPath"]: str(pod["folder"]), "tcp://*:%d" % data_port: LOCALHOST % pod["port"]}
+            env = {key: localize(value, mapping) for key, value in env_list(container).items()}
+            env["ZFEED_METRICS_PORT"] = str(pod["metrics"])
+            pod["env"] = container_env(image_env(stages, "server"), env, sys.executable)
+            pod["server"] = stack.enter_context(Container(
+                server.exec_form("ENTRYPOINT") + container.get("args", []), pod["env"],
+                tmp_path / ("%s-%d.log" % (name, ordinal)), hostname="%s-%d" % (name, ordinal),
+                read_only=[pod["folder"]]))
+        for pod in pods:
+            wait_until_metrics_answer(pod["metrics"], pod["server"])
+            assert pod["server"].cmdline()[1:3] == ["-m", "server"]  # exec'd: the server is the image's PID 1
+            assert health(stages, pod["env"]) == 0
+
+        # Receive as the trainer's train layer does, with its param_str.
+        train_layer = train_layer_params(job_folder / "lenet_digits_train_val.prototxt")
+        assert sorted(train_layer["address"]) == sorted(pod_names.values())
+        size = len(first)
+        seen = set()
+        with BatchClient(train_layer["address"], timeout_s=min(train_layer["timeout_s"], 20)) as client:
+            while sum(1 for epoch, _ in seen if epoch == 0) < size:
+                batch = client.receive()
+                for pair in zip(batch.epochs.tolist(), batch.indices.tolist()):
+                    assert pair not in seen, "sample %d of epoch %d delivered twice" % pair[::-1]
+                    seen.add(pair)
+                assert len(seen) < 3 * size, "epoch 0 is still incomplete after %d samples" % len(seen)
+        assert sorted(index for epoch, index in seen if epoch == 0) == list(range(size))
+
+        for pod in pods:  # Kubernetes sends SIGTERM, and SIGKILL after the grace period
+            assert pod["server"].stop(spec["terminationGracePeriodSeconds"]) == 0, pod["server"].log
+            assert health(stages, pod["env"]) == 1
+
+
+# -- docker compose up --scale trainserver=2 ------------------------------------------------------
+
+@needs_isolation
+def test_compose_demo_trains_in_caffe_with_two_train_server_replicas(tmp_path):
+    services = compose_config()["services"]
+    stages, server = server_stage()
+    trainer_stages = dockerfile_stages(TRAINER_DOCKERFILE)
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (volume,) = services["dataset"]["volumes"]  # demo:/demo:rw
+    mapping = {volume.split(":")[1]: str(folder)}
+    # Each endpoint the trainer's layers bind, and the same port dialled at the trainer's service name.
+    for phase in ("train", "test"):
+        port = int(option(services["dataset"]["command"], "--%s-bind" % phase).rpartition(":")[2])
+        mapping["tcp://*:%d" % port] = mapping["tcp://trainer:%d" % port] = LOCALHOST % free_port()
+
+    with contextlib.ExitStack() as stack:
+        setup = stack.enter_context(start_demo_setup(
+            stages, [localize(arg, mapping) for arg in services["dataset"]["command"]], tmp_path / "dataset.log"))
+        assert setup.wait(90) == 0, setup.log  # the trainer and servers depend on its completion
+        trainer = stack.enter_context(Container(
+            [localize(arg, mapping) for arg in services["trainer"]["command"]],
+            container_env(image_env(trainer_stages, list(trainer_stages)[-1]), {}, caffe_python()),
+            tmp_path / "trainer.log"))
+        servers = []  # (container, its environment)
+        for name, replicas in (("trainserver", 2), ("testserver", 1)):  # as with --scale trainserver=2
+            for replica in range(1, replicas + 1):
+                env = {key: localize(value, mapping) for key, value in services[name]["environment"].items()}
+                env["ZFEED_METRICS_PORT"] = str(free_port())  # the image's 9100, one port per replica here
+                env = container_env(image_env(stages, "server"), env, sys.executable)
+                container = stack.enter_context(Container(
+                    server.exec_form("ENTRYPOINT") + services[name].get("command", []), env,
+                    tmp_path / ("%s-%d.log" % (name, replica)), hostname="zfeed-%s-%d" % (name, replica),
+                    read_only=[folder]))
+                servers.append((container, env))
+        for container, env in servers:
+            container.wait_for_log(" serving ")
+            assert health(stages, env) == 0
+        # Every replica dials in to the trainer, which takes batches from all of them.
+        connected = set()
+        while len(connected) < len(servers) and trainer.process.poll() is None:
+            for number, (container, env) in enumerate(servers):
+                text = wait_until_metrics_answer(int(env["ZFEED_METRICS_PORT"]), container)
+                if metric(text, "zfeed_trainers_connected") == 1:
+                    connected.add(number)
+            time.sleep(0.1)
+        assert len(connected) == len(servers), "%d of %d servers reached the trainer" % (len(connected), len(servers))
+        assert trainer.wait(TRAINER_DEADLINE_S) == 0 and "result: PASS" in trainer.log, trainer.log
+        for container, _ in servers:  # `docker compose down`: SIGTERM, SIGKILL after stop_grace_period
+            grace_s = float(services["trainserver"]["stop_grace_period"].rstrip("s"))
+            assert container.stop(grace_s) == 0, container.log
