@@ -225,11 +225,15 @@ class Batch:
         else:
             self._copy_frames(name, out)
 
-    def _chunks(self, name: str, out: np.ndarray):
+    def chunks(self, name: str) -> List[Tuple[int, np.ndarray]]:
+        """Array ``name`` as sent, without any copy: (first row, read-only view) per frame."""
         spec = self.spec(name)
-        for (start, stop), view in zip(spec.frame_rows(), self._frames[name]):
-            chunk = np.frombuffer(view, dtype=spec.dtype).reshape((stop - start,) + spec.shape[1:])
-            yield chunk, out[start:stop]
+        return [(start, np.frombuffer(view, dtype=spec.dtype).reshape((stop - start,) + spec.shape[1:]))
+                for (start, stop), view in zip(spec.frame_rows(), self._frames[name])]
+
+    def _chunks(self, name: str, out: np.ndarray):
+        for start, chunk in self.chunks(name):
+            yield chunk, out[start:start + len(chunk)]
 
     def _copy_frames(self, name: str, out: np.ndarray) -> None:
         for chunk, target in self._chunks(name, out):

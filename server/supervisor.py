@@ -65,6 +65,13 @@ SEND_QUEUE_SLOTS = 8
 MAX_DEATHS_WITHOUT_PROGRESS = 5
 
 
+def slot_count_for(batch_bytes: int, workers: int, max_inflight_mb: float) -> int:
+    """Enough slots to keep every worker busy and a queue ready to send, within the memory
+    budget (but never fewer than ``MIN_SLOTS``); more would only add memory."""
+    wanted = TASKS_PER_WORKER * workers + SEND_QUEUE_SLOTS
+    return max(MIN_SLOTS, min(wanted, int(max_inflight_mb * 2**20 // batch_bytes)))
+
+
 class ServerError(RuntimeError):
     """The server cannot go on; the message says why."""
 
@@ -83,9 +90,7 @@ class DataServer:
         self.specs = [wire.array_spec(name, dtype, shape)
                       for name, dtype, shape in prepared.layout.batch_arrays(config.batch_size)]
         self.batch_bytes = sum(s.nbytes for s in self.specs)
-        # Enough slots to keep every worker busy and a queue ready to send; more only add memory.
-        wanted = TASKS_PER_WORKER * config.workers + SEND_QUEUE_SLOTS
-        slot_count = max(MIN_SLOTS, min(wanted, int(config.max_inflight_mb * 2**20 // self.batch_bytes)))
+        slot_count = slot_count_for(self.batch_bytes, config.workers, config.max_inflight_mb)
         if slot_count * self.batch_bytes > config.max_inflight_mb * 2**20:
             log.warning("one batch is %.1f MB: %d of them exceed --max-inflight-mb %.0f",
                         self.batch_bytes / 2**20, slot_count, config.max_inflight_mb)

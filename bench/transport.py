@@ -1,0 +1,227 @@
+"""Part (a), transport: zfeed's send and receive path against raw pyzmq.
+
+Measured: bytes and batches per second from a sender process to a receiver
+process over TCP on 127.0.0.1, after a warm-up, for batches of 64 x 3 x 227
+x 227 float32 images and 64 float32 labels (the server's layout for
+ImageNet-sized crops, 39.6 MB a batch).
+
+- raw: a PUSH socket sends the same message over and over from one
+  preallocated buffer (header bytes, then the data split into the frames
+  ``client_layer.wire.array_spec`` gives, then the labels) with
+  ``copy=False``; a PULL socket receives with ``copy=False`` and views every
+  frame with ``np.frombuffer``. Same frames, same high-water marks as zfeed:
+  the ceiling.
+- zfeed: ``server.sender.BatchSender`` sends pre-filled ``BatchSlots`` the way
+  the supervisor's loop does (zero-copy frames, a slot reused once its tracker
+  says the frames are gone); ``client_layer.BatchClient`` receives, decodes
+  and validates every batch, and the receiver views every frame.
+
+No loading, no transform and no Caffe: only what the wire path itself costs.
+Run a role by hand with ``python -m bench.transport ROLE --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+import zmq
+
+from bench.children import PYTHON, Children, free_port, python_env
+from client_layer import wire
+
+BATCH = 64
+SAMPLE_SHAPE = (3, 227, 227)
+RECEIVE_TIMEOUT_S = 30.0
+SENDER_LIFETIME_S = 600.0  # a sender left behind ends itself
+# As the server's supervisor runs with 2 workers and the default --max-inflight-mb.
+SERVER_WORKERS = 2
+DEFAULT_MAX_INFLIGHT_MB = 512
+
+
+def batch_specs() -> List[wire.ArraySpec]:
+    """The server's specs for this batch (as ``DataServer`` builds them)."""
+    return [wire.array_spec("data", np.float32, (BATCH,) + SAMPLE_SHAPE),
+            wire.array_spec("label", np.float32, (BATCH,))]
+
+
+def slot_count() -> int:
+    """The slots the server would use for this batch (``supervisor.slot_count_for``)."""
+    from server.supervisor import slot_count_for
+
+    return slot_count_for(sum(spec.nbytes for spec in batch_specs()), SERVER_WORKERS, DEFAULT_MAX_INFLIGHT_MB)
+
+
+def _header(seq: int) -> bytes:
+    return wire.encode_header("bench", seq, batch_specs(), np.arange(BATCH), np.zeros(BATCH))
+
+
+# -- senders -------------------------------------------------------------------------------
+
+def send_raw(port: int) -> None:
+    specs = batch_specs()
+    data = np.full((BATCH,) + SAMPLE_SHAPE, 1.0, np.float32)
+    label = np.arange(BATCH, dtype=np.float32)
+    parts = [_header(0)] + wire.array_frames(specs[0], data) + wire.array_frames(specs[1], label)
+    context = zmq.Context()
+    socket = context.socket(zmq.PUSH)
+    socket.setsockopt(zmq.SNDHWM, slot_count() + 1)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.bind("tcp://127.0.0.1:%d" % port)
+    end = time.monotonic() + SENDER_LIFETIME_S
+    while time.monotonic() < end:
+        if socket.poll(1000, zmq.POLLOUT):
+            socket.send_multipart(parts, copy=False)
+
+
+def send_zfeed(port: int) -> None:
+    from server.batch_buffer import BatchSlots
+    from server.sender import BatchSender
+    from server.supervisor import POLL_RELEASE_MS
+
+    specs = batch_specs()
+    count = slot_count()
+    slots = BatchSlots([(s.name, s.dtype, s.shape) for s in specs], count)
+    for slot in range(count):
+        arrays = slots.arrays(slot)
+        arrays["data"][...] = slot
+        arrays["label"][...] = np.arange(BATCH)
+    context = zmq.Context()
+    sender = BatchSender(context, "bench", specs, send_hwm=count + 1)
+    sender.open(["tcp://127.0.0.1:%d" % port], [])
+    indices, epochs = np.arange(BATCH, dtype=np.int64), np.zeros(BATCH, np.int32)
+    free = list(range(count))
+    seq = 0
+    end = time.monotonic() + SENDER_LIFETIME_S
+    # The supervisor's loop without workers: send while a slot is ready and the socket
+    # takes it, else wait POLL_RELEASE_MS for room, then collect released slots.
+    while time.monotonic() < end:
+        while free and sender.can_send:
+            slot = free[-1]
+            if not sender.send(seq, slots.arrays(slot), indices, epochs, token=slot):
+                break  # the trainer went away just now; nothing was queued
+            free.pop()
+            seq += 1
+        if free:
+            sender.socket.poll(POLL_RELEASE_MS, zmq.POLLOUT)
+        else:
+            time.sleep(POLL_RELEASE_MS / 1000)
+        free.extend(sender.release_sent())
+
+
+# -- receivers -----------------------------------------------------------------------------
+
+def _touch(arrays) -> float:
+    """Read one value of each received array or view: proof the bytes are there, no copy."""
+    total = 0.0
+    for array in arrays:
+        total += float(np.frombuffer(array, dtype=np.uint8)[0])
+    return total
+
+
+def _measure(receive_one, warmup_s: float, seconds: float) -> Dict[str, float]:
+    receive_one()  # the first batch: connection made
+    warm_end = time.monotonic() + warmup_s
+    while time.monotonic() < warm_end:
+        receive_one()
+    batches = nbytes = 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        nbytes += receive_one()
+        batches += 1
+    return {"batches": batches, "bytes": nbytes, "seconds": time.monotonic() - start}
+
+
+def receive_raw(port: int, warmup_s: float, seconds: float) -> Dict[str, float]:
+    context = zmq.Context()
+    socket = context.socket(zmq.PULL)
+    socket.setsockopt(zmq.RCVHWM, 4)  # BatchClient's default prefetch
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RCVTIMEO, int(RECEIVE_TIMEOUT_S * 1000))
+    socket.connect("tcp://127.0.0.1:%d" % port)
+
+    def receive_one() -> int:
+        frames = socket.recv_multipart(copy=False)
+        _touch([frame.buffer for frame in frames[1:]])
+        return sum(len(frame.buffer) for frame in frames)
+
+    try:
+        return _measure(receive_one, warmup_s, seconds)
+    finally:
+        socket.close(0)
+        context.term()
+
+
+def receive_zfeed(port: int, warmup_s: float, seconds: float) -> Dict[str, float]:
+    from client_layer import BatchClient
+
+    header_bytes = len(_header(0))
+    with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=RECEIVE_TIMEOUT_S) as client:
+        def receive_one() -> int:
+            batch = client.receive()
+            # Batch.array() copies an array that came in several frames; chunks() does not.
+            _touch(chunk for name in batch.names for _start, chunk in batch.chunks(name))
+            return header_bytes + sum(spec.nbytes for spec in batch.specs)
+
+        return _measure(receive_one, warmup_s, seconds)
+
+
+ROLES = {"raw": (send_raw, receive_raw), "zfeed": (send_zfeed, receive_zfeed)}
+
+
+# -- the part ------------------------------------------------------------------------------
+
+def run(children: Children, rounds: int, seconds: float, warmup_s: float) -> Dict[str, dict]:
+    """``rounds`` alternating raw/zfeed runs; the median MB/s and batches/s of each."""
+    runs: Dict[str, List[Dict[str, float]]] = {"raw": [], "zfeed": []}
+    for round_number in range(rounds):
+        for kind in ("raw", "zfeed"):
+            port = free_port()
+            role = [PYTHON, "-m", "bench.transport"]
+            sender = children.start("transport-%s-send-%d" % (kind, round_number),
+                                    role + ["%s-send" % kind, "--port", str(port)], python_env())
+            receiver = children.start("transport-%s-recv-%d" % (kind, round_number),
+                                      role + ["%s-recv" % kind, "--port", str(port),
+                                              "--seconds", str(seconds), "--warmup", str(warmup_s)],
+                                      python_env())
+            try:
+                try:
+                    result = children.result(receiver, warmup_s + seconds + RECEIVE_TIMEOUT_S + 10)
+                finally:
+                    children.check_alive(sender, "the %s sender" % kind)  # its error first
+            finally:
+                children.stop(sender)
+            result["mb_s"] = result["bytes"] / result["seconds"] / 1e6
+            result["batches_s"] = result["batches"] / result["seconds"]
+            runs[kind].append(result)
+            print("  transport round %d %-5s %7.0f MB/s %6.1f batches/s"
+                  % (round_number + 1, kind, result["mb_s"], result["batches_s"]), file=sys.stderr)
+    return {kind: {"mb_s": statistics.median(r["mb_s"] for r in results),
+                   "batches_s": statistics.median(r["batches_s"] for r in results),
+                   "runs": results}
+            for kind, results in runs.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.transport")
+    parser.add_argument("role", choices=["%s-%s" % (k, r) for k in ROLES for r in ("send", "recv")])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    kind, _, side = args.role.partition("-")
+    send, receive = ROLES[kind]
+    if side == "send":
+        send(args.port)
+    else:
+        print(json.dumps(receive(args.port, args.warmup, args.seconds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

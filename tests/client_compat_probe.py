@@ -1,0 +1,23 @@
+"""Receive batches with client_layer under another Python and save what it decoded.
+
+Usage: client_compat_probe.py ADDRESS COUNT OUT.npz
+Runs on any Python client_layer supports (3.8 to 3.13) with numpy, pyzmq and
+msgpack only; saves data, label, indices and epochs of COUNT batches.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from client_layer import BatchClient  # noqa: E402
+
+address, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with BatchClient(address, timeout_s=30) as client:
+    batches = [client.receive() for _ in range(count)]
+    np.savez(out, data=np.stack([b.array("data") for b in batches]),
+             label=np.stack([b.array("label") for b in batches]),
+             indices=np.stack([b.indices for b in batches]), epochs=np.stack([b.epochs for b in batches]),
+             version=np.array(sys.version_info[:2]))

@@ -1,0 +1,44 @@
+"""client_layer on the oldest and newest Pythons it supports, against a real server.
+
+The interpreters come from $ZFEED_CLIENT_PYTHONS (colon-separated; ./dev sets
+it to .venv-client3.8 and .venv-client3.13, which hold only numpy, pyzmq and
+msgpack). A missing one fails the test: support that is not checked is not
+support.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets import random_images, write_npz
+from processes import REPO, ServerProcess, free_port
+
+HERE = Path(__file__).resolve().parent
+DEFAULT = [str(REPO / ".venv-client3.8" / "bin" / "python"), str(REPO / ".venv-client3.13" / "bin" / "python")]
+PYTHONS = [p for p in os.environ.get("ZFEED_CLIENT_PYTHONS", "").split(":") if p] or DEFAULT
+
+
+@pytest.mark.parametrize("python", PYTHONS, ids=[Path(p).parent.parent.name for p in PYTHONS])
+@pytest.mark.parametrize("wire_format", ["auto", "float32"])
+def test_client_layer_receives_exact_batches(tmp_path, python, wire_format):
+    if not os.path.isfile(python):
+        pytest.fail("no Python at %s: run ./dev setup" % python, pytrace=False)
+    images = random_images(20, (3, 10, 10), seed=4)
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, range(20))
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "test", "--batch-size", "5",
+            "--mean-value", "10,20,30", "--scale", "0.5", "--wire-format", wire_format]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        out = tmp_path / "got.npz"
+        result = subprocess.run([python, str(HERE / "client_compat_probe.py"), "tcp://127.0.0.1:%d" % port, "4",
+                                 str(out)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        server.stop()
+    got = np.load(out)
+    expected = (images.astype(np.float32) - np.array([10, 20, 30], np.float32).reshape(3, 1, 1)) * np.float32(0.5)
+    assert np.array_equal(got["data"].reshape(20, 3, 10, 10), expected)
+    assert got["label"].ravel().tolist() == list(range(20))
+    assert tuple(got["version"]) in ((3, 8), (3, 13))
