@@ -2,7 +2,7 @@
 
 ``python -m bench.multihost`` creates hosts as network namespaces joined by a
 bridge (tests/netns.py; needs root), runs real servers in the server hosts
-and a receiving trainer (tests/trainer_probe.py, which decodes every batch)
+and a receiving trainer (tests/trainer_probe.py, which validates every batch)
 in the trainer host, on the JPEG LMDB of bench/dataset.py with crop 227,
 mirror and mean values, batch 64.
 

@@ -7,6 +7,7 @@ batch headers.
 """
 
 import json
+import select
 import subprocess
 import sys
 from collections import Counter
@@ -44,6 +45,12 @@ def start_trainer(host, out, count, connect=(), bind=None, work_s=0.0):
     argv += [a for address in connect for a in ("--connect", address)]
     argv += ["--bind", bind] if bind else []
     return subprocess.Popen(host.command(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ready(trainer, timeout=30.0):
+    """Wait for the probe's "ready" line: its socket is connecting or listening."""
+    ready, _, _ = select.select([trainer.stdout], [], [], timeout)
+    assert ready and trainer.stdout.readline().strip() == "ready", "trainer did not start"
 
 
 def finish(trainer, out):
@@ -109,6 +116,8 @@ def test_one_server_host_two_trainer_hosts(tmp_path, large_images, topology):
                 trainers.append(start_trainer(host, out, 0, bind="tcp://%s:%d" % (host.address, PORT), work_s=0.05))
         where = (["--bind", "tcp://%s:%d" % (server_host.address, PORT)] if topology == "trainers-connect" else
                  [a for n in range(2) for a in ("--connect", "tcp://%s:%d" % (net.hosts["trainer%d" % n].address, PORT))])
+        for trainer in trainers:  # both ready before any batch flows: none can take them all
+            wait_ready(trainer)
         with ServerProcess(["--source", large_images, *where, "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
                             "--workers", "1", "--phase", "test"],
                            tmp_path / "server.log", prefix=server_host.command([])) as server:

@@ -1,7 +1,7 @@
 """A trainer stand-in for multi-host tests: receive batches, record their headers as JSON.
 
 Usage: trainer_probe.py OUT.json COUNT (--connect ADDR ... | --bind ADDR) [--timeout S] [--idle S] [--work S]
-Receives COUNT batches (or until --idle seconds pass without one, when
+Prints "ready" once its socket exists, then receives COUNT batches (or until --idle seconds pass without one, when
 COUNT is 0), spending --work seconds on each batch as a training step would, and writes [{"stream", "seq", "epochs", "indices", "bytes"}] plus
 the receive time. Runs in whatever network namespace it is started in.
 """
@@ -30,6 +30,7 @@ def main() -> int:
     records = []
     started = None
     with BatchClient(args.connect or None, args.bind, timeout_s=args.timeout) as client:
+        print("ready", flush=True)  # the socket exists: tests may start servers now
         while args.count == 0 or len(records) < args.count:
             try:
                 batch = client.receive()
