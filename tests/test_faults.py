@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import numpy as np
+import pytest
 import zmq
 
 from client_layer import BatchClient, wire
@@ -221,3 +222,49 @@ def test_trainer_drops_malformed_messages_and_keeps_the_good_ones():
             context.term()
         assert batch.seq == 0 and np.all(batch.array("data") == 1)
         assert client.rejected == 5
+
+
+POISON_DATASET = '''
+import ctypes, numpy as np
+
+class Poisoned:
+    """Item 13 crashes the process that reads it, as a decoder bug would."""
+    def __len__(self):
+        return 40
+    def __getitem__(self, i):
+        if i == 13:
+            ctypes.string_at(0)  # a real segfault
+        return {"data": np.full((3, 4, 4), i, np.uint8), "label": i}
+
+def make():
+    return Poisoned()
+'''
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_a_sample_that_crashes_workers_is_given_up_after_two_deaths(tmp_path, policy):
+    module = tmp_path / "poisoned.py"
+    module.write_text(POISON_DATASET)
+    port = free_port()
+    args = ["--source", "python:%s:make" % module, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "test",
+            "--batch-size", "6", "--workers", "2", "--epochs", "2", "--on-bad-sample", policy]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        if policy == "fail":
+            assert server.wait() == 1
+        else:
+            with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
+                batches = receive_all(client, 13)  # 2 x 39 good samples in batches of 6
+            assert server.wait() == 0, server.log
+    log = server.log
+    # Two deaths make it bad; a later epoch's batch already handed to a worker may cost one more.
+    assert log.count("killed by signal SIGSEGV while reading python:%s:make item 13" % module) in (2, 3)
+    if policy == "fail":
+        assert "item 13 crashed a loader worker 2 times (--on-bad-sample skip would skip it)" in log
+        return
+    assert "skipping python:%s:make item 13: it crashed a loader worker 2 times" % module in log
+    counts = deliveries(batches)
+    for epoch in range(2):
+        assert sorted(i for (e, i) in counts if e == epoch) == [i for i in range(40) if i != 13]
+    assert max(counts.values()) == 1
+    for batch in batches:
+        assert np.array_equal(batch.array("data")[:, 0, 0, 0], batch.indices.astype(np.float32))
