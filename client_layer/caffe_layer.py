@@ -22,6 +22,7 @@ from typing import List
 
 import caffe
 
+from client_layer.layer_metrics import LayerMetricsServer
 from client_layer.receiver import DEFAULT_PREFETCH, DEFAULT_TIMEOUT_S, BatchClient
 
 log = logging.getLogger("zfeed.layer")
@@ -29,7 +30,7 @@ log = logging.getLogger("zfeed.layer")
 WAIT_REPORT_INTERVAL_S = 30.0
 DEFAULT_TOPS = ("data", "label")
 _KEYS = ("address", "bind", "timeout_s", "tops", "prefetch", "max_batch_mb",
-         "curve_secret_key", "curve_server_key")
+         "curve_secret_key", "curve_server_key", "metrics_port")
 
 
 class LayerParams:
@@ -57,6 +58,7 @@ class LayerParams:
         self.max_batch_bytes = int(float(params.get("max_batch_mb", 2048)) * 2**20)
         self.curve_secret_key = params.get("curve_secret_key")
         self.curve_server_key = params.get("curve_server_key")
+        self.metrics_port = params.get("metrics_port")
 
 
 def _ensure_log_output() -> None:
@@ -89,8 +91,15 @@ class ZmqDataLayer(caffe.Layer):
         for i, shape in enumerate(self.shapes):
             top[i].reshape(*shape)
         self.forward_count = 0
-        self._window_start = time.monotonic()
+        self._set_up_at = time.monotonic()
+        self._window_start = self._set_up_at
         self._window_wait_start = self.client.wait_s
+        self._wait_at_set_up = self.client.wait_s
+        self.metrics = None
+        if self.params.metrics_port is not None:
+            self.metrics = LayerMetricsServer(int(self.params.metrics_port), self._metric_values,
+                                              {"phase": "train" if self.phase == 0 else "test"})
+            log.info("layer metrics on http://0.0.0.0:%d/metrics", self.metrics.port)
 
     def reshape(self, bottom, top):
         pass  # shapes are fixed by the stream at setup; forward() refuses a change
@@ -111,6 +120,16 @@ class ZmqDataLayer(caffe.Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+    def _metric_values(self) -> dict:
+        elapsed = time.monotonic() - self._set_up_at
+        client = self.client
+        return {"zfeed_layer_batches_received_total": client.batches_received,
+                "zfeed_layer_samples_received_total": client.samples_received,
+                "zfeed_layer_rejected_messages_total": client.rejected,
+                "zfeed_layer_wait_seconds_total": client.wait_s,
+                "zfeed_layer_seconds_total": elapsed,
+                "zfeed_layer_wait_share": (client.wait_s - self._wait_at_set_up) / elapsed if elapsed > 0 else 0.0}
 
     def wait_share(self) -> float:
         """Share of wall time since setup that forward() spent waiting for data."""

@@ -74,6 +74,8 @@ class BatchClient:
         self.max_batch_bytes = int(max_batch_bytes)
         self.wait_s = 0.0  # total time receive() spent waiting
         self.rejected = 0  # malformed messages dropped
+        self.batches_received = 0
+        self.samples_received = 0
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PULL)
         _open_clients.add(self)
@@ -137,7 +139,10 @@ class BatchClient:
                 if self._socket.poll(int(max(0.0, min(deadline, next_log) - time.monotonic()) * 1000) + 1):
                     frames = self._socket.recv_multipart(copy=False)
                     try:
-                        return wire.decode_batch(frames, self.max_batch_bytes)
+                        batch = wire.decode_batch(frames, self.max_batch_bytes)
+                        self.batches_received += 1
+                        self.samples_received += batch.size
+                        return batch
                     except wire.WireError as exc:
                         self.rejected += 1
                         log.warning("dropped a malformed message (%s): %s", self.endpoints, exc)

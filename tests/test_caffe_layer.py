@@ -146,3 +146,21 @@ def test_uint8_and_float32_wire_give_identical_blobs_in_caffe(tmp_path, raw_lmdb
     assert np.array_equal(blobs["auto"]["data"], blobs["float32"]["data"])
     assert np.array_equal(blobs["auto"]["label"], blobs["float32"]["label"])
     assert np.unique(blobs["auto"]["data"]).size > 100  # real, varied pixels
+
+
+def test_layer_serves_its_own_deliveries_and_waiting_share(tmp_path, raw_lmdb):
+    db, _ = raw_lmdb
+    port, metrics_port = free_port(), free_port()
+    net = tmp_path / "net.prototxt"
+    net.write_text(zmq_layer("tcp://127.0.0.1:%d" % port, extra={"metrics_port": metrics_port}))
+    args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(BATCH)]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        text = run_caffe_script("layer_metrics", net, 7, metrics_port).stdout
+        server.stop()
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("zfeed_layer_")}
+    assert values["zfeed_layer_batches_received_total"] == 7
+    assert values["zfeed_layer_samples_received_total"] == 7 * BATCH
+    assert values["zfeed_layer_rejected_messages_total"] == 0
+    assert 0 <= values["zfeed_layer_wait_share"] <= 1 and values["zfeed_layer_seconds_total"] > 0
+    assert 'phase="test"' in text
