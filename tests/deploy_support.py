@@ -28,13 +28,14 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import pytest
 import yaml
+
+from processes import LoggedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_ROOT = "/opt/zfeed"  # the images' WORKDIR, where the repository's files are copied
@@ -201,61 +202,24 @@ def container_env(image: Dict[str, str], service: Dict[str, str], python: str) -
     return env
 
 
-class Container:
+class Container(LoggedProcess):
     """An image's command as a process in its own session, output in ``log_path``."""
 
     def __init__(self, command: Sequence[str], env: Dict[str, str], log_path: Path,
                  hostname: Optional[str] = None, read_only: Sequence[Path] = ()):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(isolated([in_repo(part) for part in command], hostname, read_only),
-                                        cwd=str(REPO), env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, timeout: float = DEADLINE_S) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("%s did not exit within %.0f s; log:\n%s" % (self.log_path.name, timeout, self.log))
-
-    def wait_for_log(self, text: str, timeout: float = DEADLINE_S) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("%s never logged %r; log:\n%s" % (self.log_path.name, text, self.log))
-            time.sleep(0.05)
+        super().__init__(isolated([in_repo(part) for part in command], hostname, read_only), log_path,
+                         env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def cmdline(self) -> List[str]:
         return Path("/proc/%d/cmdline" % self.process.pid).read_bytes().decode().split("\0")[:-1]
 
-    def stop(self, timeout: float = DEADLINE_S) -> int:
-        """SIGTERM, as ``docker stop`` and Kubernetes send it; returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
-
     def kill(self) -> None:
+        """The whole session: the image's command and whatever it started."""
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait(10)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.kill()
-        self._log.close()
-
-    def __enter__(self) -> "Container":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
 
 def run_command(command: Sequence[str], env: Dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

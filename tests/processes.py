@@ -36,17 +36,14 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
-class ServerProcess:
-    """``python -m server ARGS`` in a child process; stderr goes to ``log_path``."""
+class LoggedProcess:
+    """A child process whose output goes to ``log_path``; every wait has a deadline."""
 
-    def __init__(self, args: List[str], log_path: Path, python: str = sys.executable,
-                 prefix: Sequence[str] = ()):
-        """``prefix`` wraps the command, e.g. ``ip netns exec NS`` (which execs: same pid)."""
+    def __init__(self, command: Sequence[str], log_path: Path, env: Optional[dict] = None, **popen_options):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.process = subprocess.Popen([*prefix, python, "-m", "server", *args], cwd=str(REPO), env=env,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(list(command), cwd=str(REPO), env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, **popen_options)
 
     @property
     def log(self) -> str:
@@ -57,13 +54,13 @@ class ServerProcess:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError("server did not exit within %.0f s; log:\n%s" % (timeout, self.log))
+            raise AssertionError("%s did not exit within %.0f s; log:\n%s" % (self.log_path.name, timeout, self.log))
 
     def wait_for_log(self, text: str, timeout: float = DEADLINE_S) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("server never logged %r; log:\n%s" % (text, self.log))
+                raise AssertionError("%s never logged %r; log:\n%s" % (self.log_path.name, text, self.log))
             time.sleep(0.05)
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = DEADLINE_S) -> int:
@@ -85,11 +82,21 @@ class ServerProcess:
         self.kill()
         self._log.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class ServerProcess(LoggedProcess):
+    """``python -m server ARGS`` in a child process; its output goes to ``log_path``."""
+
+    def __init__(self, args: List[str], log_path: Path, python: str = sys.executable,
+                 prefix: Sequence[str] = ()):
+        """``prefix`` wraps the command, e.g. ``ip netns exec NS`` (which execs: same pid)."""
+        super().__init__([*prefix, python, "-m", "server", *args], log_path,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
 def run_server(args: List[str], tmp_path: Path, timeout: float = DEADLINE_S,

@@ -213,7 +213,7 @@ def test_statefulset_pods_serve_each_sample_once_per_epoch_and_stop_on_sigterm(t
         assert sorted(index for epoch, index in seen if epoch == 0) == list(range(size))
 
         for pod in pods:  # Kubernetes sends SIGTERM, and SIGKILL after the grace period
-            assert pod["server"].stop(spec["terminationGracePeriodSeconds"]) == 0, pod["server"].log
+            assert pod["server"].stop(timeout=spec["terminationGracePeriodSeconds"]) == 0, pod["server"].log
             assert health(stages, pod["env"]) == 1
 
 
@@ -267,4 +267,4 @@ def test_compose_demo_trains_in_caffe_with_two_train_server_replicas(tmp_path):
         assert trainer.wait(TRAINER_DEADLINE_S) == 0 and "result: PASS" in trainer.log, trainer.log
         for container, _ in servers:  # `docker compose down`: SIGTERM, SIGKILL after stop_grace_period
             grace_s = float(services["trainserver"]["stop_grace_period"].rstrip("s"))
-            assert container.stop(grace_s) == 0, container.log
+            assert container.stop(timeout=grace_s) == 0, container.log
