@@ -123,3 +123,20 @@ def test_any_shape_matches_the_caffe_loop(channels, height, width, crop, mirror,
     choice = choose_crop(params, height, width, np.array(draw))
     expected = caffe_reference(image, crop, choice.mirror, choice.h_off, choice.w_off, mean_file, None, 0.25)
     assert np.array_equal(run_transform(params, image, choice), expected)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_crop_into_is_the_same_for_decoded_and_planar_images(channels, mirror):
+    from server.transform import crop_into
+    hwc = np.random.default_rng(5).integers(0, 256, (9, 11, channels), dtype=np.uint8)
+    decoded = hwc.transpose(2, 0, 1)  # how decode_image hands images over: channels interleaved
+    planar = np.ascontiguousarray(decoded)  # how raw Datums arrive
+    choice = CropChoice(h_off=2, w_off=3, height=6, width=7, mirror=mirror)
+    outputs = []
+    for image in (decoded, planar):
+        out = np.zeros((channels, 6, 7), np.uint8)
+        crop_into(image, choice, out)
+        outputs.append(out)
+    expected = planar[:, 2:8, 3:10][:, :, ::-1] if mirror else planar[:, 2:8, 3:10]
+    assert np.array_equal(outputs[0], expected) and np.array_equal(outputs[1], expected)
