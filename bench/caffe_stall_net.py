@@ -1,0 +1,241 @@
+"""The Caffe side of ``bench.stall`` (run by the Caffe Python). Prints one JSON line.
+
+    python bench/caffe_stall_net.py stall --feed NAME=tcp://HOST:PORT ... [--memory-pixels NPZ]
+                                          --rounds R --iterations K --warmup W
+    python bench/caffe_stall_net.py forward-cost --repeats N
+
+``stall``: one SGD solver per feed plus one whose data layer is ``DummyData``
+with constant fillers of the same shapes (64 x 3 x 227 x 227 data, 64
+labels; Caffe fills a constant DummyData once, so it costs nothing per
+iteration), and with ``--memory-pixels`` two ``MemoryBatchLayer``s (real
+crops, and zeros) that run the layer's copy without network or server. All
+solvers train the same small conv net (``NET_BODY``) in this one process.
+After ``W`` warm-up iterations each, every round runs ``K`` iterations of
+each solver, in a rotated order. The figures of a block, per iteration: its
+wall time; the CPU time of this thread (Caffe's only compute thread), which
+time spent descheduled does not inflate; the wall time of the data layer's
+``forward()`` (the zfeed feeds use ``TimedZmqDataLayer``, ZmqDataLayer with
+a stopwatch); and for zfeed feeds the time ``forward()`` waited for data
+(zero when the server keeps up).
+
+``forward-cost``: what ``ZmqDataLayer.forward()`` does besides receiving,
+``Batch.copy_into`` of ``data`` and ``label`` into a real Caffe blob, for a
+batch that came as uint8 pixels (finished into float32 here) and for one
+that came as float32; interleaved, ``N`` times each.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import caffe
+import numpy as np
+
+from client_layer import wire
+from client_layer.caffe_layer import ZmqDataLayer
+
+BATCH = 64
+SHAPE = (3, 227, 227)
+MEAN = (104.0, 117.0, 123.0)
+MAX_BATCH_BYTES = 2**31
+MEMORY_REAL = "in-memory Python layer, real pixels"
+MEMORY_ZEROS = "in-memory Python layer, zero pixels"
+
+DATA_LAYERS = {
+    "zfeed": """layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "bench.caffe_stall_net" layer: "TimedZmqDataLayer" param_str: %(param_str)s } }""",
+    "memory": """layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "bench.caffe_stall_net" layer: "MemoryBatchLayer" param_str: %(param_str)s } }""",
+    "dummy": """layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: %(batch)d dim: 3 dim: 227 dim: 227 } shape { dim: %(batch)d }
+    data_filler { type: "constant" value: 0 } data_filler { type: "constant" value: 0 } } }""",
+}
+
+# Two conv layers on 227x227 crops: long enough an iteration (about half a second on
+# this machine's cores) for one loader worker to keep up, short enough for many rounds.
+NET_BODY = """
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 24 kernel_size: 11 stride: 4 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+  convolution_param { num_output: 32 kernel_size: 5 pad: 2 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool2" top: "fc"
+  inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+NET_DESCRIPTION = ("conv 11x11/4 x24, ReLU, max pool 3/2, conv 5x5 x32, ReLU, max pool 3/2, fc 10, "
+                   "softmax loss; SGD lr 0.001, momentum 0.9")
+
+SOLVER = """net_param { name: "stall" %(layer)s %(body)s }
+base_lr: 0.001 momentum: 0.9 lr_policy: "fixed" max_iter: 1000000 display: 0
+snapshot_after_train: false solver_mode: CPU random_seed: 1
+"""
+
+
+class TimedZmqDataLayer(ZmqDataLayer):
+    """``ZmqDataLayer``, unchanged, with the wall time of its ``forward()`` added up in ``forward_s``."""
+
+    forward_s = 0.0
+
+    def forward(self, bottom, top):
+        start = time.perf_counter()
+        super().forward(bottom, top)
+        self.forward_s += time.perf_counter() - start
+
+
+class MemoryBatchLayer(caffe.Layer):
+    """A Python data layer that delivers batches held in memory, the way ZmqDataLayer does.
+
+    ``param_str`` is JSON: ``pixels`` (an .npz with ``pixels``, B x N x C x H x W
+    uint8 crops, and ``labels``, B x N) and ``zeros`` (deliver zero pixels
+    instead). Each batch is wire-encoded once, with uint8 pixels and the mean
+    to finish, and ``forward()`` runs the same ``Batch.copy_into`` as
+    ``ZmqDataLayer``: the layer's cost and real pixel values, without network
+    or server.
+    """
+
+    def setup(self, bottom, top):
+        params = json.loads(self.param_str)
+        arrays = np.load(params["pixels"])
+        pixels, labels = arrays["pixels"], arrays["labels"].astype(np.float32)
+        if params.get("zeros"):
+            pixels = np.zeros_like(pixels)
+        finish = {"finish": {"data": {"mean": list(MEAN), "scale": 1.0}}}
+        count = pixels.shape[1]
+        self.batches = [_received(wire.encode_batch("memory", i, {"data": pixels[i], "label": labels[i]},
+                                                    np.arange(count), np.zeros(count), extra=finish))
+                        for i in range(len(pixels))]
+        self.next = 0
+        self.forward_s = 0.0
+        top[0].reshape(*self.batches[0].shape("data"))
+        top[1].reshape(*self.batches[0].shape("label"))
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        start = time.perf_counter()
+        batch = self.batches[self.next % len(self.batches)]
+        self.next += 1
+        batch.copy_into("data", top[0].data)
+        batch.copy_into("label", top[1].data)
+        self.forward_s += time.perf_counter() - start
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+def make_solver(data_layer: str) -> caffe.SGDSolver:
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+        f.write(SOLVER % {"layer": data_layer, "body": NET_BODY})
+    try:
+        return caffe.SGDSolver(f.name)
+    finally:
+        os.unlink(f.name)
+
+
+def stall(args) -> dict:
+    solvers = {"DummyData": (make_solver(DATA_LAYERS["dummy"] % {"batch": BATCH}), None)}
+    if args.memory_pixels:
+        for name, zeros in ((MEMORY_REAL, False), (MEMORY_ZEROS, True)):
+            param_str = json.dumps(json.dumps({"pixels": args.memory_pixels, "zeros": zeros}))
+            solvers[name] = (make_solver(DATA_LAYERS["memory"] % {"param_str": param_str}), None)
+    for feed in args.feed:
+        name, _, address = feed.partition("=")
+        param_str = json.dumps(json.dumps({"address": address, "timeout_s": 60}))  # JSON strings are prototxt strings
+        solver = make_solver(DATA_LAYERS["zfeed"] % {"param_str": param_str})
+        solvers[name] = (solver, solver.net.layers[0].client)
+    for solver, _client in solvers.values():
+        solver.step(args.warmup)
+    names = list(solvers)
+    results = {name: {"ms_per_iteration": [], "cpu_ms_per_iteration": [], "wait_ms_per_iteration": [],
+                      "forward_ms_per_iteration": []} for name in names}
+    for round_number in range(args.rounds):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            solver, client = solvers[name]
+            waited = client.wait_s if client else 0.0
+            layer = solver.net.layers[0]
+            forward_s = getattr(layer, "forward_s", 0.0)
+            start, cpu_start = time.perf_counter(), time.thread_time()
+            solver.step(args.iterations)
+            seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - cpu_start
+            results[name]["ms_per_iteration"].append(1000 * seconds / args.iterations)
+            results[name]["cpu_ms_per_iteration"].append(1000 * cpu_seconds / args.iterations)
+            results[name]["forward_ms_per_iteration"].append(
+                1000 * (getattr(layer, "forward_s", 0.0) - forward_s) / args.iterations)
+            results[name]["wait_ms_per_iteration"].append(
+                1000 * ((client.wait_s if client else 0.0) - waited) / args.iterations)
+        print("round %d: %s" % (round_number + 1, ", ".join("%s %.0f ms" % (n, r["ms_per_iteration"][-1])
+                                                            for n, r in results.items())), file=sys.stderr)
+    return {"net": NET_DESCRIPTION, "configs": results}
+
+
+def _received(frames) -> wire.Batch:
+    """A batch as the layer gets it: frames in fresh buffers, viewed without copies."""
+    return wire.decode_batch([bytes(frame) for frame in frames], MAX_BATCH_BYTES)
+
+
+def forward_cost(args) -> dict:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (BATCH,) + SHAPE, dtype=np.uint8)
+    mean = np.asarray(MEAN, np.float32).reshape(3, 1, 1)
+    floats = np.subtract(pixels, mean, dtype=np.float32)
+    labels = np.arange(BATCH, dtype=np.float32) % 3
+    indices, epochs = np.arange(BATCH), np.zeros(BATCH)
+    finish = {"finish": {"data": {"mean": list(MEAN), "scale": 1.0}}}
+    batches = {
+        "uint8 pixels, finished in the layer": _received(
+            wire.encode_batch("bench", 0, {"data": pixels, "label": labels}, indices, epochs, extra=finish)),
+        "float32, copied": _received(wire.encode_batch("bench", 0, {"data": floats, "label": labels}, indices, epochs)),
+    }
+    net_text = ('name: "blobs" layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
+                'shape { dim: %d dim: 3 dim: 227 dim: 227 } shape { dim: %d } } }' % (BATCH, BATCH))
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+        f.write(net_text)
+    try:
+        net = caffe.Net(f.name, caffe.TEST)
+    finally:
+        os.unlink(f.name)
+    data, label = net.blobs["data"].data, net.blobs["label"].data
+    times = {name: [] for name in batches}
+    for _ in range(args.repeats):
+        for name, batch in batches.items():
+            start = time.perf_counter()
+            batch.copy_into("data", data)
+            batch.copy_into("label", label)
+            times[name].append(1000 * (time.perf_counter() - start))
+    batches["uint8 pixels, finished in the layer"].copy_into("data", data)
+    identical = bool(np.array_equal(np.asarray(data).view(np.uint32), floats.view(np.uint32)))
+    wire_bytes = {name: sum(spec.nbytes for spec in batch.specs) for name, batch in batches.items()}
+    return {"ms": times, "wire_bytes": wire_bytes,
+            "uint8_bit_identical_to_float32": identical}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="caffe_stall_net.py")
+    commands = parser.add_subparsers(dest="command", required=True)
+    stall_parser = commands.add_parser("stall")
+    stall_parser.add_argument("--feed", action="append", default=[], help="NAME=ADDRESS of a zfeed server")
+    stall_parser.add_argument("--memory-pixels", help=".npz of real crops for the in-memory Python layers")
+    stall_parser.add_argument("--rounds", type=int, default=4)
+    stall_parser.add_argument("--iterations", type=int, default=3)
+    stall_parser.add_argument("--warmup", type=int, default=2)
+    cost_parser = commands.add_parser("forward-cost")
+    cost_parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    caffe.set_mode_cpu()
+    print(json.dumps(stall(args) if args.command == "stall" else forward_cost(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Trainer stall: what feeding a real Caffe solver from zfeed costs it, against DummyData, same run.
+
+    python -m bench.stall [--quick]
+
+One Caffe process (``bench/caffe_stall_net.py`` in the Caffe Python) trains
+the same small conv net on 64 x 3 x 227 x 227 batches with one solver per
+data source, in interleaved rounds (a rotated order each round):
+
+- ``DummyData``: constant fillers of the same shapes, in memory (the baseline);
+- in-memory Python layers (``MemoryBatchLayer``): 4 batches of real crops,
+  or of zeros, held in the trainer and delivered by the same
+  ``Batch.copy_into`` as ZmqDataLayer: the layer's copy without network or
+  server, and what real pixel values (rather than a constant) cost the net;
+- ``zfeed, raw LMDB, uint8``: ``ZmqDataLayer`` fed by a server with 1 worker
+  from an LMDB of raw (not encoded) 256x256 Datums, so the server is cheap
+  and what is measured is the layer's own cost (receive, finish uint8 pixels
+  into the blob);
+- ``zfeed, raw LMDB, float32``: the same with ``--wire-format float32``;
+- ``zfeed, JPEG LMDB, uint8``: the same server decoding the JPEG LMDB of
+  ``bench.dataset`` with 1 worker: on this 2-core machine its decoding
+  shares the cores with the trainer.
+
+Every server applies crop 227 (random), mirror and mean values 104,117,123.
+The stall of a configuration is the median over rounds of its time per
+iteration divided by DummyData's in the same round, minus one (target
+<= 3 % when the server keeps up, i.e. when the layer never waited).
+
+The data layer's own ``forward()`` time is measured in place, and the
+Caffe thread's CPU time beside the wall time. Then ``forward-cost``: the
+layer's copy/finish of one 64 x 3 x 227 x 227 batch into a Caffe blob,
+uint8 against float32 payloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import cv2
+import lmdb
+import numpy as np
+
+from bench import dataset, report
+from bench.children import REPO, ChildError, Children, caffe_python, free_port, python_env
+from bench.server_rate import server_command
+from server.caffe_proto import Datum, image_to_datum
+
+LOG_DIR = dataset.CACHE_DIR / "logs"
+CAFFE_SIDE = str(REPO / "bench" / "caffe_stall_net.py")
+TARGET_PERCENT = 3.0
+STARTUP_ALLOWANCE_S = 90.0
+SLOWEST_ITERATION_S = 6.0  # far above this net's; only bounds how long a stuck run may take
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    iterations: int
+    warmup: int
+    forward_repeats: int
+
+
+FULL = Plan(rounds=12, iterations=2, warmup=2, forward_repeats=40)
+QUICK = Plan(rounds=2, iterations=2, warmup=1, forward_repeats=10)
+
+
+def raw_lmdb() -> Path:
+    """The JPEG LMDB's images decoded once and stored as raw uint8 Datums (same keys and labels)."""
+    path = dataset.CACHE_DIR / ("raw%d-%dpx-lmdb" % (dataset.IMAGE_COUNT, dataset.IMAGE_SIDE))
+    if path.is_dir():
+        return path
+    work = Path(tempfile.mkdtemp(prefix="building-", dir=dataset.CACHE_DIR))
+    try:
+        source = lmdb.open(str(dataset.jpeg_lmdb()), readonly=True, lock=False)
+        target = lmdb.open(str(work / "lmdb"), map_size=1 << 30)
+        try:
+            with source.begin() as reading, target.begin(write=True) as writing:
+                for key, value in reading.cursor():
+                    datum = Datum()
+                    datum.ParseFromString(value)
+                    image = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+                    writing.put(key, image_to_datum(image.transpose(2, 0, 1), datum.label).SerializeToString())
+        finally:
+            source.close()
+            target.close()
+        (work / "lmdb").rename(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+MEMORY_BATCHES = 4
+
+
+def memory_pixels() -> Path:
+    """Real crops for the in-memory layers: ``MEMORY_BATCHES`` batches of 64 random 227x227
+    crops (half mirrored) of the raw LMDB's images, and their labels, in an .npz."""
+    path = dataset.CACHE_DIR / ("memory-crops-%dx64.npz" % MEMORY_BATCHES)
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(dataset.SEED)
+    env = lmdb.open(str(raw_lmdb()), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            values = [value for _key, value in txn.cursor()]
+    finally:
+        env.close()
+    pixels = np.empty((MEMORY_BATCHES, 64, 3, 227, 227), np.uint8)
+    labels = np.empty((MEMORY_BATCHES, 64), np.int64)
+    for slot, (batch, row) in enumerate(np.ndindex(MEMORY_BATCHES, 64)):
+        datum = Datum()
+        datum.ParseFromString(values[slot % len(values)])
+        image = np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
+        top, left = rng.integers(0, datum.height - 227 + 1), rng.integers(0, datum.width - 227 + 1)
+        crop = image[:, top:top + 227, left:left + 227]
+        pixels[batch, row] = crop[:, :, ::-1] if rng.random() < 0.5 else crop
+        labels[batch, row] = datum.label
+    with tempfile.NamedTemporaryFile(dir=dataset.CACHE_DIR, suffix=".npz", delete=False) as f:
+        np.savez(f, pixels=pixels, labels=labels)
+    Path(f.name).rename(path)
+    return path
+
+
+def feeds() -> List[tuple]:
+    """(name, source, wire format) of every zfeed configuration."""
+    raw, jpeg = "lmdb:%s" % raw_lmdb(), "lmdb:%s" % dataset.jpeg_lmdb()
+    return [("zfeed, raw LMDB, uint8", raw, "auto"),
+            ("zfeed, raw LMDB, float32", raw, "float32"),
+            ("zfeed, JPEG LMDB, uint8", jpeg, "auto")]
+
+
+def run(plan: Plan) -> str:
+    head = report.machine_line("zfeed trainer stall (bench/stall.py)")
+    configs = feeds()
+    with Children(LOG_DIR) as children:
+        servers = []
+        command = [caffe_python(), CAFFE_SIDE, "stall", "--rounds", str(plan.rounds),
+                   "--iterations", str(plan.iterations), "--warmup", str(plan.warmup),
+                   "--memory-pixels", str(memory_pixels())]
+        for number, (name, source, wire_format) in enumerate(configs):
+            port = free_port()
+            servers.append((name, children.start("stall-server-%d" % number,
+                                                 server_command(source, port, 1, wire_format), python_env())))
+            command += ["--feed", "%s=tcp://127.0.0.1:%d" % (name, port)]
+        iterations = (plan.warmup + plan.rounds * plan.iterations) * (len(configs) + 3)
+        trainer = children.start("stall-caffe", command, python_env())
+        stall = children.result(trainer, STARTUP_ALLOWANCE_S + iterations * SLOWEST_ITERATION_S)
+        for name, server in servers:
+            children.check_alive(server, "the server of %r" % name)
+            children.stop(server)
+        cost = children.result(children.start("stall-forward-cost", [caffe_python(), CAFFE_SIDE, "forward-cost",
+                                                                     "--repeats", str(plan.forward_repeats)],
+                                              python_env()), STARTUP_ALLOWANCE_S + plan.forward_repeats)
+    return "\n".join([head, "", stall_table(plan, stall), "", cost_table(plan, cost)])
+
+
+def _extra(times: List[float], baseline: List[float]) -> float:
+    """Percent more time per iteration than ``baseline``: median of the per-round ratios."""
+    return 100.0 * (report.paired_ratio(times, baseline) - 1.0)
+
+
+def stall_table(plan: Plan, stall: dict) -> str:
+    results = stall["configs"]
+    baseline = results["DummyData"]["ms_per_iteration"]
+    cpu_baseline = results["DummyData"]["cpu_ms_per_iteration"]
+    memory_name = [name for name in results if name.startswith("in-memory") and "real" in name][0]
+    memory = results[memory_name]["ms_per_iteration"]
+    rows = []
+    for name, result in results.items():
+        times = result["ms_per_iteration"]
+        cpu = result["cpu_ms_per_iteration"]
+        waits = result["wait_ms_per_iteration"]
+        extra = verdict = over_memory = kept_up = cpu_extra = ""
+        if name != "DummyData":
+            percent = _extra(times, baseline)
+            extra = "%+.1f %% (%+.0f ms)" % (percent, statistics.median(t - b for t, b in zip(times, baseline)))
+            verdict = report.verdict(percent, TARGET_PERCENT, at_most=True)
+            cpu_extra = "%+.1f %%" % _extra(cpu, cpu_baseline)
+        if name.startswith("zfeed"):
+            over_memory = "%+.1f %% (%+.0f ms)" % (_extra(times, memory),
+                                                  statistics.median(t - m for t, m in zip(times, memory)))
+            kept_up = "%.1f ms" % statistics.median(waits) + ("" if max(waits) < 1.0 else " (max %.0f)" % max(waits))
+        forward = "" if name == "DummyData" else "%.1f" % statistics.median(result["forward_ms_per_iteration"])
+        rows.append([name, "%.0f" % statistics.median(times), extra, verdict, over_memory, forward, kept_up,
+                     "%.0f" % statistics.median(cpu), cpu_extra, report.runs(times)])
+    table = report.markdown_table(["Data layer", "ms per solver iteration (median)", "extra vs DummyData",
+                                   "target", "extra vs in-memory layer, real pixels",
+                                   "data layer forward() ms per iteration", "of which waiting for data",
+                                   "trainer-thread CPU ms per iteration", "CPU extra vs DummyData", "runs (ms)"], rows)
+    notes = [
+        "",
+        "- One Caffe process (CPU, single-threaded as this wheel runs), one SGD solver per data layer, all on "
+        "the same net: %s, batch 64 x 3 x 227 x 227. %d warm-up iterations each, then %d rounds of %d "
+        "iterations per solver in a rotated order; extra: median of the per-round ratios, minus one. "
+        "CPU: the Caffe thread's own CPU time (time.thread_time), which time spent descheduled by other "
+        "processes on this shared machine does not inflate."
+        % (stall["net"], plan.warmup, plan.rounds, plan.iterations),
+        "- In-memory Python layers: %d batches of real 227x227 crops (or zeros) held in the trainer, delivered "
+        "by the same `Batch.copy_into` as ZmqDataLayer (uint8 finished into float32), no network, no server: "
+        "they separate what real pixel values cost the net (CPU max pooling and ReLU branch on the data) from "
+        "what zfeed costs. forward(): wall time inside the data layer's forward() (zfeed: ZmqDataLayer "
+        "subclassed only to add a stopwatch); the rest of the extra is the net itself running slower while "
+        "the servers and ZeroMQ's receiving thread use the other core and the memory bus." % MEMORY_BATCHES,
+        "- Servers: 1 worker each, TRAIN crop 227 + mirror + mean 104,117,123, on 127.0.0.1; the raw LMDB holds "
+        "the JPEG LMDB's 512 images decoded once to raw 256x256 Datums, so its server only parses, crops and "
+        "sends. All servers and the trainer share this machine's 2 cores (shared with other test runs: "
+        "preliminary figures). Load average at the end: %s." % report.load_average(),
+    ]
+    return "\n".join([table] + notes)
+
+
+def cost_table(plan: Plan, cost: dict) -> str:
+    times: Dict[str, List[float]] = cost["ms"]
+    names = list(times)
+    float_name = [n for n in names if n.startswith("float32")][0]
+    rows = []
+    for name in names:
+        ratio = report.paired_ratio(times[name][1:], times[float_name][1:])
+        rows.append([name, "%.1f" % (cost["wire_bytes"][name] / 1e6), "%.2f" % statistics.median(times[name][1:]),
+                     "%.2f" % ratio, report.runs(times[name][1:], "%.1f")])
+    table = report.markdown_table(["payload of one 64 x 3 x 227 x 227 batch", "MB on the wire",
+                                   "forward() copy/finish into the blob, ms (median)", "ratio to float32",
+                                   "runs (ms)"], rows)
+    return "\n".join([table, "",
+                      "- `Batch.copy_into` of data and label into a real Caffe blob (what `ZmqDataLayer.forward()` "
+                      "does besides receiving), in the Caffe Python, interleaved, %d times each (the first, "
+                      "which faults the blob's pages in, dropped). uint8 finished bit-identical to the float32 "
+                      "payload: %s." % (plan.forward_repeats,
+                                        "yes" if cost["uint8_bit_identical_to_float32"] else "NO")])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.stall", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 short rounds")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        print(run(QUICK if args.quick else FULL))
+    except ChildError as exc:
+        print("bench.stall: %s\n(child logs in %s)" % (exc, LOG_DIR), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
