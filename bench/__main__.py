@@ -2,6 +2,8 @@
 
     python -m bench            full run (a few minutes), also written to bench/RESULTS.md
     python -m bench --quick    short run, printed only
+    python -m bench --all      then every other benchmark (bench.efficiency, .stall, .multihost,
+                               .decoders, .compression, .plot), all into bench/RESULTS.md
 
 Parts: (a) ``bench.transport`` — zfeed's send/receive path against raw
 pyzmq; (b) ``bench.loader`` — images/s a real Caffe net gets from zfeed,
@@ -143,9 +145,31 @@ def table(plan: Plan, wire: dict, loaders: dict) -> str:
     return "\n".join(lines + notes)
 
 
+MORE = ("efficiency", "stall", "multihost", "decoders", "compression", "plot")
+
+
+def run_more(quick: bool) -> str:
+    """Run each of ``MORE`` as ``python -m bench.NAME``; their tables, one section each."""
+    sections = []
+    for name in MORE:
+        print("bench.%s" % name, file=sys.stderr)
+        command = [sys.executable, "-m", "bench." + name] + (["--quick"] if quick else [])
+        result = subprocess.run(command, cwd=str(REPO), env=python_env(), capture_output=True, text=True,
+                                timeout=1200)
+        output = result.stdout.strip() or "(no output)"
+        if result.returncode != 0:
+            output += "\n\n`python -m bench.%s` exited %d: %s" % (name, result.returncode,
+                                                                   result.stderr.strip()[-2000:])
+        print(output + "\n")
+        sections.append("## bench.%s\n\n%s\n" % (name, output))
+    return "\n" + "\n".join(sections)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round; RESULTS.md is left alone")
+    parser.add_argument("--all", action="store_true",
+                        help="then every other benchmark too (%s): about 15 minutes" % ", ".join(MORE))
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     # SIGTERM unwinds like Ctrl-C, so every child is ended on the way out.
@@ -164,6 +188,8 @@ def main(argv=None) -> int:
         return 1
     report = "%s\n\n%s\n" % (first_line, table(plan, wire, loaders))
     print(report)
+    if args.all:
+        report += run_more(args.quick)
     if not args.quick:
         RESULTS.write_text("# zfeed benchmark results\n\nWritten by `python3 -m bench`.\n\n" + report)
         print("written to %s" % RESULTS.relative_to(REPO), file=sys.stderr)

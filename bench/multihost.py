@@ -83,7 +83,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.multihost", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--quick", action="store_true", help="one round of 20 batches")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.batches = 1, 20
     reason = netns.available()
     if reason:
         print("multihost benchmark not run: %s" % reason)

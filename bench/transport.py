@@ -92,7 +92,7 @@ def send_zfeed(port: int) -> None:
         arrays["data"][...] = slot
         arrays["label"][...] = np.arange(BATCH)
     context = zmq.Context()
-    sender = BatchSender(context, "bench", specs, send_hwm=count + 1)
+    sender = BatchSender(context, "bench", specs)
     sender.open(["tcp://127.0.0.1:%d" % port], [])
     indices, epochs = np.arange(BATCH, dtype=np.int64), np.zeros(BATCH, np.int32)
     free = list(range(count))

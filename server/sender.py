@@ -18,6 +18,9 @@ from client_layer import wire
 from server.curve import CurveServer
 
 SHUTDOWN_LINGER_MS = 2000
+# ZeroMQ's high-water mark is per trainer: batches queued for one trainer hold their slots,
+# so a trainer that stops reading may keep at most this many; the others get the rest.
+QUEUED_PER_TRAINER = 2
 
 
 class SenderError(RuntimeError):
@@ -28,14 +31,14 @@ class BatchSender:
     """A PUSH socket; ``open`` binds and connects it (after e.g. a monitor is attached)."""
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
-                 send_hwm: int, curve: Optional[CurveServer] = None, extra: Optional[dict] = None):
+                 curve: Optional[CurveServer] = None, extra: Optional[dict] = None):
         """``extra`` goes into every header (e.g. how the trainer finishes uint8 pixels)."""
         self.stream_id = stream_id
         self.specs = list(specs)
         self.extra = extra
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
-        self.socket.setsockopt(zmq.SNDHWM, send_hwm)
+        self.socket.setsockopt(zmq.SNDHWM, QUEUED_PER_TRAINER)
         if curve is not None:
             curve.secure(self.socket)
         self._in_flight: List[Tuple[zmq.MessageTracker, Any]] = []

@@ -233,8 +233,8 @@ class DataServer:
             if self.config.curve_secret_key:
                 curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
                 curve.start(context)
-            sender = BatchSender(context, self.config.stream_id, self.specs, send_hwm=self.slots.slot_count + 1,
-                                 curve=curve, extra=self.prepared.layout.wire_extra())
+            sender = BatchSender(context, self.config.stream_id, self.specs, curve=curve,
+                                 extra=self.prepared.layout.wire_extra())
             if self.config.metrics_port:
                 try:
                     self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
