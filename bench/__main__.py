@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import List
 
 from bench import dataset, loader, transport
+from bench.report import cpu_model
 from bench.children import REPO, ChildError, Children, caffe_python, python_env
 
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -54,17 +55,6 @@ QUICK = Plan(transport_rounds=1, transport_s=2.0, transport_warmup_s=0.5,
              loader_rounds=1, batches=30, warmup_batches=20)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def check_caffe_python() -> str:
     """The Caffe Python's version; fails early, with the fix, if it lacks a module."""
     python = caffe_python()
@@ -82,7 +72,7 @@ def header(caffe_version: str) -> str:
     load = os.getloadavg()[0]
     return ("zfeed benchmark, %s. Machine: %d CPUs (nproc), %s; server and transport on Python %s, "
             "Caffe on Python %s; 1-minute load average %.2f at the start."
-            % (now, os.cpu_count() or 0, _cpu_model(), platform.python_version(), caffe_version, load))
+            % (now, os.cpu_count() or 0, cpu_model(), platform.python_version(), caffe_version, load))
 
 
 def _runs(values: List[float], fmt: str = "%.0f") -> str:
