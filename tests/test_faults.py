@@ -32,10 +32,11 @@ def receive_all(client, count):
 
 def test_killed_workers_are_replaced_and_every_sample_arrives_once(tmp_path):
     size, batch_size, epochs = 120, 8, 6
-    db = write_lmdb(tmp_path / "db", random_images(size, (3, 64, 64), seed=1), range(size), encode=".png")
+    # 300 kB batches: socket buffers cannot hold the stream, so the server serves while the trainer reads.
+    db = write_lmdb(tmp_path / "db", random_images(size, (3, 128, 128), seed=1), range(size), encode=".png")
     port = free_port()
     args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(batch_size),
-            "--workers", "2", "--epochs", str(epochs), "--crop-size", "56", "--mirror", "--seed", "3"]
+            "--workers", "2", "--epochs", str(epochs), "--crop-size", "112", "--mirror", "--seed", "3"]
     kills = []
     with ServerProcess(args, tmp_path / "server.log") as server, \
             BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
