@@ -128,7 +128,7 @@ def test_pixels_cross_the_wire_in_clear_only_without_curve(tmp_path, keys, sourc
             relay.close()
         server.stop()
     assert all(np.all(b.array("data") == 123) for b in batches)
-    assert len(relay.captured) > 3 * 4 * 3 * 8 * 8 * 4
+    assert len(relay.captured) > 3 * 4 * 3 * 8 * 8  # at least the 3 batches' uint8 pixels went through
     assert (MARKER in relay.captured) is not curve
 
 
