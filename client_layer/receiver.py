@@ -74,6 +74,7 @@ class BatchClient:
         self.max_batch_bytes = int(max_batch_bytes)
         self.wait_s = 0.0  # total time receive() spent waiting
         self.rejected = 0  # malformed messages dropped
+        self.last_rejection = ""  # why the last one was dropped
         self.batches_received = 0
         self.samples_received = 0
         self._context = zmq.Context()
@@ -122,6 +123,10 @@ class BatchClient:
         else:
             hint = ("is the data server running (python -m server --bind tcp://*:PORT), "
                     "is the address right, and is the port reachable from this host?")
+        if self.rejected:
+            # Messages did arrive: what was wrong with them is the likelier cause.
+            return ("no usable batch within %.1f s (%s): %d malformed messages dropped so far, the last because %s"
+                    % (waited, self.endpoints, self.rejected, self.last_rejection))
         return "no batch within %.1f s (%s): %s" % (waited, self.endpoints, hint)
 
     def receive(self) -> wire.Batch:
@@ -145,6 +150,7 @@ class BatchClient:
                         return batch
                     except wire.WireError as exc:
                         self.rejected += 1
+                        self.last_rejection = str(exc)
                         log.warning("dropped a malformed message (%s): %s", self.endpoints, exc)
                         continue
                 now = time.monotonic()

@@ -16,6 +16,7 @@
 #   ZFEED_SHARD           --shard            ZFEED_METRICS_PORT    --metrics-port (image: 9100)
 #   ZFEED_MAX_INFLIGHT_MB --max-inflight-mb  ZFEED_STATE_DIR       --state-dir
 #   ZFEED_ON_BAD_SAMPLE   --on-bad-sample    ZFEED_STREAM_ID       --stream-id
+#   ZFEED_WIRE_FORMAT     --wire-format      ZFEED_COMPRESS        --compress
 #
 # Endpoint lists are separated by spaces or commas. Empty variables are
 # ignored; any other option goes in the arguments. Exit status 2 (before the
@@ -42,7 +43,8 @@ for pair in SOURCE:--source FROM_PROTOTXT:--from-prototxt ROOT_FOLDER:--root-fol
             BATCH_SIZE:--batch-size WORKERS:--workers SEED:--seed EPOCHS:--epochs SHARD:--shard \
             MAX_INFLIGHT_MB:--max-inflight-mb CROP_SIZE:--crop-size MEAN_VALUE:--mean-value \
             MEAN_FILE:--mean-file SCALE:--scale METRICS_PORT:--metrics-port STATE_DIR:--state-dir \
-            ON_BAD_SAMPLE:--on-bad-sample STREAM_ID:--stream-id; do
+            ON_BAD_SAMPLE:--on-bad-sample STREAM_ID:--stream-id WIRE_FORMAT:--wire-format \
+            COMPRESS:--compress; do
     name=ZFEED_${pair%%:*}
     eval "value=\${$name:-}"
     [ -n "$value" ] || continue

@@ -10,6 +10,9 @@ passed over whenever its position comes up again, and counted each time.
 Work lost with a dead worker is re-issued with the same positions and draws,
 so it is neither lost nor repeated. Hence every sample of every epoch is
 delivered exactly once, except the samples reported as skipped.
+
+With compression (``packing``), a batch whose rows are all filled gets one
+more task, ``PackTask``: compress its frames. It is complete when that is done.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
@@ -41,6 +44,19 @@ class RowTask:
 
 
 @dataclass
+class PackTask:
+    """Compress the frames of the filled batch in ``slot`` into the slot's packed room."""
+
+    task_id: int
+    seq: int
+    slot: int
+
+
+Task = Union[RowTask, PackTask]
+PackedLengths = Dict[str, List[int]]  # array name -> each frame's length on the wire
+
+
+@dataclass
 class PendingBatch:
     seq: int
     slot: int
@@ -49,15 +65,17 @@ class PendingBatch:
     draws: np.ndarray
     missing: Set[int]
     first_position: int
+    packed_lengths: Optional[PackedLengths] = None
 
 
 class BatchAssembly:
     """Hands out positions, tracks unfilled rows, and replaces bad samples."""
 
     def __init__(self, plan: EpochPlan, describe: Callable[[int], str], first_seq: int = 0,
-                 first_position: int = 0):
+                 first_position: int = 0, packing: bool = False):
         self.plan = plan
         self.describe = describe
+        self.packing = packing
         self.next_seq = first_seq
         self.next_position = first_position
         self.pending: Dict[int, PendingBatch] = {}
@@ -123,15 +141,22 @@ class BatchAssembly:
         batch.epochs[rows] = epochs
         return self._task(batch, np.asarray(rows, dtype=np.int64))
 
-    def filled(self, task: RowTask, bad_rows: Dict[int, str]) -> Optional[RowTask]:
-        """Record a finished task. Bad rows are marked and refilled: returns that task, if any."""
+    def filled(self, task: RowTask, bad_rows: Dict[int, str]) -> Optional[Task]:
+        """Record a finished task. Bad rows are marked and refilled: returns that task, if
+        any; else, with packing, the task that packs the batch once all its rows are in."""
         batch = self.pending[task.seq]
         for row in task.rows.tolist():
             if row in bad_rows:
                 self.mark_bad(int(batch.indices[row]), bad_rows[row])
             else:
                 batch.missing.discard(row)
-        return self._replace(batch, sorted(bad_rows))
+        refill = self._replace(batch, sorted(bad_rows))
+        if refill is None and self.packing and not batch.missing:
+            return PackTask(next(self._task_ids), batch.seq, batch.slot)
+        return refill
+
+    def packed(self, task: PackTask, lengths: PackedLengths) -> None:
+        self.pending[task.seq].packed_lengths = lengths
 
     def crashed(self, task: RowTask, crashing_index: Optional[int]) -> RowTask:
         """The worker running ``task`` died while on ``crashing_index``: the task to re-issue."""
@@ -152,8 +177,10 @@ class BatchAssembly:
         return retry
 
     def complete(self, seq: int) -> bool:
+        """Batch ``seq`` is ready to send: every row filled and, with packing, packed."""
         batch = self.pending.get(seq)
-        return batch is not None and not batch.missing
+        return (batch is not None and not batch.missing
+                and (not self.packing or batch.packed_lengths is not None))
 
     def pop(self, seq: int) -> PendingBatch:
         return self.pending.pop(seq)

@@ -34,7 +34,7 @@ class ServerMetrics:
 
         self.batches = counter("zfeed_batches_sent", "Batches handed to ZeroMQ")
         self.samples = counter("zfeed_samples_sent", "Samples in the batches handed to ZeroMQ")
-        self.bytes = counter("zfeed_bytes_sent", "Array bytes in the batches handed to ZeroMQ")
+        self.bytes = counter("zfeed_bytes_sent", "Array bytes (compressed, with --compress) in the batches handed to ZeroMQ")
         self.restarts = counter("zfeed_worker_restarts", "Loader workers restarted after dying")
         self.skipped = counter("zfeed_samples_skipped", "Samples skipped as bad (each occurrence)")
         self.queued_batches = gauge("zfeed_queued_batches", "Batches being built, waiting or in ZeroMQ")

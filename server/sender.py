@@ -31,11 +31,14 @@ class BatchSender:
     """A PUSH socket; ``open`` binds and connects it (after e.g. a monitor is attached)."""
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
-                 curve: Optional[CurveServer] = None, extra: Optional[dict] = None):
-        """``extra`` goes into every header (e.g. how the trainer finishes uint8 pixels)."""
+                 curve: Optional[CurveServer] = None, extra: Optional[dict] = None,
+                 codec: Optional[str] = None):
+        """``extra`` goes into every header (e.g. how the trainer finishes uint8 pixels);
+        ``codec`` names the compression of packed frames."""
         self.stream_id = stream_id
         self.specs = list(specs)
         self.extra = extra
+        self.codec = codec
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         self.socket.setsockopt(zmq.SNDHWM, QUEUED_PER_TRAINER)
@@ -67,16 +70,23 @@ class BatchSender:
         return len(self._in_flight)
 
     def send(self, seq: int, arrays: Dict[str, np.ndarray], indices: np.ndarray,
-             epochs: np.ndarray, token: Any) -> bool:
+             epochs: np.ndarray, token: Any,
+             packed: Optional[Tuple[Dict[str, np.ndarray], Dict[str, List[int]]]] = None) -> bool:
         """Send batch ``seq`` from ``arrays`` without copying them; ``token`` comes
         back from ``release_sent`` once ZeroMQ no longer needs the arrays.
+        ``packed``: the slot's packed room and each array's frame lengths in it.
 
         Returns False, having sent nothing, when no trainer can take it now: the
         socket may say it is writable for a peer that is gone an instant later.
         """
-        parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs, self.extra)]
+        parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs, self.extra,
+                                                  self.codec)]
         for spec in self.specs:
-            parts.extend(wire.array_frames(spec, arrays[spec.name]))
+            if packed is None:
+                parts.extend(wire.array_frames(spec, arrays[spec.name]))
+            else:
+                room, lengths = packed
+                parts.extend(wire.array_frames(spec, arrays[spec.name], room[spec.name], lengths[spec.name]))
         frames = [zmq.Frame(part, copy=False, track=True) for part in parts]
         try:
             self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)

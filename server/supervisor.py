@@ -4,7 +4,9 @@ NOTE [ Batch life cycle ]
 A batch ``seq`` takes a free slot of shared memory and its positions of the
 stream (server/assembly.py); the task of filling its rows goes to the least
 busy worker, which writes every sample straight into the slot and answers.
-The supervisor sends complete batches in ``seq`` order (so test-phase
+With ``--compress`` a filled batch goes to a worker once more, which
+compresses its frames into the slot's packed room. The supervisor sends
+complete batches in ``seq`` order (so test-phase
 batches leave in dataset order whatever the worker count) with zero-copy
 frames, and the slot is free again once ZeroMQ's tracker says every frame has
 been handed to the kernel. The slots are the only batch memory, so
@@ -43,8 +45,8 @@ from typing import Deque, List, Optional
 import zmq
 
 from client_layer import wire
-from server.assembly import MAX_CRASHES, BatchAssembly, RowTask
-from server.batch_buffer import BatchSlots
+from server.assembly import MAX_CRASHES, BatchAssembly, PackTask, Task
+from server.batch_buffer import BatchSlots, slot_bytes_for
 from server.config import ConfigError, PreparedData, ServerConfig
 from server.curve import CurveServer
 from server.metrics import ServerMetrics
@@ -65,11 +67,11 @@ SEND_QUEUE_SLOTS = 8
 MAX_DEATHS_WITHOUT_PROGRESS = 5
 
 
-def slot_count_for(batch_bytes: int, workers: int, max_inflight_mb: float) -> int:
+def slot_count_for(slot_bytes: int, workers: int, max_inflight_mb: float) -> int:
     """Enough slots to keep every worker busy and a queue ready to send, within the memory
     budget (but never fewer than ``MIN_SLOTS``); more would only add memory."""
     wanted = TASKS_PER_WORKER * workers + SEND_QUEUE_SLOTS
-    return max(MIN_SLOTS, min(wanted, int(max_inflight_mb * 2**20 // batch_bytes)))
+    return max(MIN_SLOTS, min(wanted, int(max_inflight_mb * 2**20 // slot_bytes)))
 
 
 class ServerError(RuntimeError):
@@ -90,28 +92,32 @@ class DataServer:
         self.specs = [wire.array_spec(name, dtype, shape)
                       for name, dtype, shape in prepared.layout.batch_arrays(config.batch_size)]
         self.batch_bytes = sum(s.nbytes for s in self.specs)
-        slot_count = slot_count_for(self.batch_bytes, config.workers, config.max_inflight_mb)
-        if slot_count * self.batch_bytes > config.max_inflight_mb * 2**20:
-            log.warning("one batch is %.1f MB: %d of them exceed --max-inflight-mb %.0f",
-                        self.batch_bytes / 2**20, slot_count, config.max_inflight_mb)
-        self.slots = BatchSlots([(s.name, s.dtype, s.shape) for s in self.specs], slot_count)
+        self.codec = config.codec()
+        layout = [(s.name, s.dtype, s.shape) for s in self.specs]
+        slot_bytes = slot_bytes_for(layout, packed=self.codec is not None)
+        slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb)
+        if slot_count * slot_bytes > config.max_inflight_mb * 2**20:
+            log.warning("one batch slot is %.1f MB: %d of them exceed --max-inflight-mb %.0f",
+                        slot_bytes / 2**20, slot_count, config.max_inflight_mb)
+        self.slots = BatchSlots(layout, slot_count, packed=self.codec is not None)
         # A stack: the most recently released slot is reused first, so idle slots stay untouched pages.
         self.free_slots: List[int] = list(range(slot_count - 1, -1, -1))
         self.resume = ResumeState.for_config(config, len(prepared.source))
         first_seq, first_position = self.resume.load() if self.resume else (0, 0)
-        self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position)
+        self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position,
+                                      packing=self.codec is not None)
         self.next_send = first_seq
-        self.queue: Deque[RowTask] = deque()
+        self.queue: Deque[Task] = deque()
         self.stop_signal: Optional[int] = None
         self.deaths_since_progress = 0
-        self.throughput = ThroughputLog(config.log_interval_s, config.batch_size, self.batch_bytes)
+        self.throughput = ThroughputLog(config.log_interval_s, config.batch_size)
         self.progress = new_progress(config.workers)
         self.metrics: Optional[ServerMetrics] = None
         self._skipped_reported = 0
 
     def _worker_setup(self, worker_id: int) -> WorkerSetup:
         return WorkerSetup(worker_id, self.prepared.source, self.prepared.layout, self.slots,
-                           self.progress, os.getpid())
+                           self.progress, os.getpid(), self.specs, self.codec)
 
     # -- work in -----------------------------------------------------------------------------
 
@@ -130,17 +136,21 @@ class DataServer:
         """Take every answer waiting on ``handle``'s pipe, then deal with its death if it died."""
         while handle.connection.poll():
             try:
-                _kind, task_id, bad_rows = handle.connection.recv()
+                _kind, task_id, answer = handle.connection.recv()
             except (EOFError, OSError):
                 break
             task = handle.outstanding.pop(task_id)
             self.deaths_since_progress = 0
+            if isinstance(task, PackTask):
+                self.assembly.packed(task, answer)
+                continue
+            bad_rows = answer
             if bad_rows and self.config.on_bad_sample == "fail":
                 raise ServerError("cannot load %s (--on-bad-sample skip would skip it)"
                                   % next(iter(bad_rows.values())))
-            refill = self.assembly.filled(task, bad_rows)
-            if refill is not None:
-                self.queue.appendleft(refill)  # it holds back every later batch
+            follow_up = self.assembly.filled(task, bad_rows)
+            if follow_up is not None:
+                self.queue.appendleft(follow_up)  # it holds back every later batch
         if not handle.process.is_alive():
             self._on_death(handle)
 
@@ -157,6 +167,9 @@ class DataServer:
                               "worker %d %s%s" % (self.deaths_since_progress, handle.worker_id,
                                                   describe_exit(handle.process), reading))
         for task in reversed(tasks):
+            if isinstance(task, PackTask):
+                self.queue.appendleft(task)
+                continue
             index = crashing if crashing is not None and crashing in task.indices.tolist() else None
             if (index is not None and self.config.on_bad_sample == "fail"
                     and self.assembly.crashes.get(index, 0) + 1 >= MAX_CRASHES):
@@ -172,15 +185,23 @@ class DataServer:
     def _send_ready(self, sender: BatchSender) -> None:
         while self.assembly.complete(self.next_send) and sender.can_send:
             batch = self.assembly.pending[self.next_send]
-            if not sender.send(batch.seq, self.slots.arrays(batch.slot), batch.indices, batch.epochs, token=batch):
+            packed = (self.slots.packed(batch.slot), batch.packed_lengths) if self.codec else None
+            if not sender.send(batch.seq, self.slots.arrays(batch.slot), batch.indices, batch.epochs,
+                               token=batch, packed=packed):
                 return
             self.assembly.pop(self.next_send)
             self.next_send += 1
-            self.throughput.sent_batch()
+            wire_bytes = self._wire_bytes(batch.packed_lengths)
+            self.throughput.sent_batch(wire_bytes)
             if self.metrics:
                 self.metrics.batches.inc()
                 self.metrics.samples.inc(self.config.batch_size)
-                self.metrics.bytes.inc(self.batch_bytes)
+                self.metrics.bytes.inc(wire_bytes)
+
+    def _wire_bytes(self, packed_lengths) -> int:
+        if packed_lengths is None:
+            return self.batch_bytes
+        return sum(sum(lengths) for lengths in packed_lengths.values())
 
     def _finished(self, sender: BatchSender) -> bool:
         return (not self.assembly.can_start and not self.assembly.pending and not self.queue
@@ -234,7 +255,8 @@ class DataServer:
                 curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
                 curve.start(context)
             sender = BatchSender(context, self.config.stream_id, self.specs, curve=curve,
-                                 extra=self.prepared.layout.wire_extra())
+                                 extra=self.prepared.layout.wire_extra(),
+                                 codec=self.codec.name if self.codec else None)
             if self.config.metrics_port:
                 try:
                     self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
@@ -246,15 +268,16 @@ class DataServer:
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
             shard = self.config.shard
-            log.info("serving %d samples%s (%s) as batches of %s on %s%s; %d workers, %d batch slots of %.1f MB",
+            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB",
                      self.plan.local_size,
                      " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
                      if shard.count > 1 else "", self.config.source,
                      ", ".join("%s %s" % (s.name, "x".join(map(str, s.shape))) for s in self.specs),
                      ", ".join(self.config.bind + self.config.connect),
                      " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
+                     ", compressing with %s" % self.codec.describe() if self.codec else "",
                      len(self.pool.workers),
-                     self.slots.slot_count, self.batch_bytes / 2**20)
+                     self.slots.slot_count, self.slots.slot_bytes / 2**20)
             while self.stop_signal is None and not self._finished(sender):
                 self._start_batches()
                 self._assign()

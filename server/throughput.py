@@ -11,17 +11,18 @@ log = logging.getLogger("zfeed.server")
 class ThroughputLog:
     """Counts sent batches and logs rates every ``interval_s`` seconds."""
 
-    def __init__(self, interval_s: float, batch_size: int, batch_bytes: int):
+    def __init__(self, interval_s: float, batch_size: int):
         self.interval_s = interval_s
         self.batch_size = batch_size
-        self.batch_bytes = batch_bytes
         self.total_batches = 0
         self._window_batches = 0
+        self._window_bytes = 0
         self._window_start = time.monotonic()
 
-    def sent_batch(self) -> None:
+    def sent_batch(self, wire_bytes: int) -> None:
         self.total_batches += 1
         self._window_batches += 1
+        self._window_bytes += wire_bytes
 
     def maybe_log(self, batches_waiting: int, workers_busy: int) -> None:
         now = time.monotonic()
@@ -30,7 +31,8 @@ class ThroughputLog:
             return
         rate = self._window_batches / elapsed
         log.info("%.1f batches/s, %.0f images/s, %.1f MB/s; %d batches waiting, %d workers busy; %d sent",
-                 rate, rate * self.batch_size, rate * self.batch_bytes / 1e6,
+                 rate, rate * self.batch_size, self._window_bytes / elapsed / 1e6,
                  batches_waiting, workers_busy, self.total_batches)
         self._window_batches = 0
+        self._window_bytes = 0
         self._window_start = now

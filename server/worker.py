@@ -5,7 +5,9 @@ transforms each sample straight into its row of the batch's shared-memory
 slot, and answers ``(DONE, task_id, bad_rows)`` on the same pipe, where
 ``bad_rows`` maps a row to the reason its sample could not be used. Before
 each sample it writes the sample's index into its cell of ``progress``, so
-that if it dies the supervisor knows which sample it was on.
+that if it dies the supervisor knows which sample it was on. For a
+``PackTask`` it compresses the filled slot's frames into the slot's packed
+room and answers ``(DONE, task_id, packed_lengths)``.
 
 It exits when it receives ``None``, when the pipe closes, or when its parent
 is gone (PDEATHSIG, and a ppid check every ``PARENT_CHECK_S`` in case the
@@ -20,9 +22,10 @@ import os
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
-from server.assembly import RowTask
+from client_layer import wire
+from server.assembly import PackedLengths, PackTask, RowTask, Task
 from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout
 
@@ -43,6 +46,8 @@ class WorkerSetup:
     slots: BatchSlots
     progress: Any  # shared int64 array, one cell per worker: the index being read, or IDLE
     parent_pid: int
+    specs: List[wire.ArraySpec]
+    codec: Optional[wire.Codec]  # compresses slots for PackTasks
 
 
 def _die_with_parent() -> None:
@@ -68,6 +73,20 @@ def fill_rows(setup: WorkerSetup, task: RowTask) -> Dict[int, str]:
     return bad_rows
 
 
+def pack_slot(setup: WorkerSetup, task: PackTask) -> PackedLengths:
+    """Compress every frame of the slot of ``task`` into its packed room; returns the lengths."""
+    arrays, packed = setup.slots.arrays(task.slot), setup.slots.packed(task.slot)
+    return {spec.name: wire.pack_frames(setup.codec, spec, arrays[spec.name], packed[spec.name])
+            for spec in setup.specs}
+
+
+def run_task(setup: WorkerSetup, task: Task) -> object:
+    """What the worker answers for ``task``, after doing it."""
+    if isinstance(task, PackTask):
+        return pack_slot(setup, task)
+    return fill_rows(setup, task)
+
+
 def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
     """Entry point of a loader worker process."""
     _die_with_parent()
@@ -86,6 +105,6 @@ def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
                 return
             if task is None:
                 return
-            connection.send((DONE, task.task_id, fill_rows(setup, task)))
+            connection.send((DONE, task.task_id, run_task(setup, task)))
     finally:
         setup.source.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional
 
-from server.assembly import RowTask
+from server.assembly import Task
 from server.worker import IDLE, WorkerSetup, loader_worker_main
 
 log = logging.getLogger("zfeed.server")
@@ -30,7 +30,7 @@ class WorkerHandle:
     worker_id: int
     process: multiprocessing.Process
     connection: Connection
-    outstanding: Dict[int, RowTask] = field(default_factory=dict)  # task_id -> task
+    outstanding: Dict[int, Task] = field(default_factory=dict)  # task_id -> task
 
 
 def describe_exit(process: multiprocessing.Process) -> str:
@@ -80,7 +80,7 @@ class WorkerPool:
     def busy_count(self) -> int:
         return sum(1 for h in self.workers if h.outstanding)
 
-    def assign(self, handle: WorkerHandle, task: RowTask) -> None:
+    def assign(self, handle: WorkerHandle, task: Task) -> None:
         """Give ``task`` to ``handle``. A worker that died meanwhile keeps it as
         outstanding: its sentinel wakes the supervisor, which re-issues it."""
         handle.outstanding[task.task_id] = task

@@ -14,6 +14,16 @@ def random_images(count: int, shape=(3, 12, 14), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (count,) + tuple(shape), dtype=np.uint8)
 
 
+def smooth_images(count: int, shape=(3, 40, 48), seed: int = 0) -> np.ndarray:
+    """Compressible uint8 images, as photographs are: gradients with a few noisy pixels."""
+    channels, height, width = shape
+    y, x = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 4, (count,) + tuple(shape)) * (rng.random((count,) + tuple(shape)) < 0.05)
+    base = np.stack([(x * 2 + y * 3 + channel * 40) for channel in range(channels)])
+    return ((base[np.newaxis] + noise + np.arange(count).reshape(-1, 1, 1, 1)) % 256).astype(np.uint8)
+
+
 def write_npz(path: Path, images: np.ndarray, labels: Sequence[int]) -> Path:
     np.savez(path, data=images, label=np.asarray(labels))
     return path

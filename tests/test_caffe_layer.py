@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from caffe_runner import run_caffe_script
-from datasets import random_images, write_lmdb
+from datasets import random_images, smooth_images, write_lmdb
 from processes import ServerProcess, free_port
 from server.caffe_proto import write_mean_binaryproto
 
@@ -146,6 +146,26 @@ def test_uint8_and_float32_wire_give_identical_blobs_in_caffe(tmp_path, raw_lmdb
     assert np.array_equal(blobs["auto"]["data"], blobs["float32"]["data"])
     assert np.array_equal(blobs["auto"]["label"], blobs["float32"]["label"])
     assert np.unique(blobs["auto"]["data"]).size > 100  # real, varied pixels
+
+
+def test_compressed_streams_give_identical_blobs_in_caffe(tmp_path):
+    """The trainer side decompresses (zstandard, lz4 in Caffe's Python) to the very same blobs."""
+    db = write_lmdb(tmp_path / "db", smooth_images(N, (3, 40, 48), seed=3), [i % 10 for i in range(N)])
+    blobs = {}
+    for compress in ("off", "zstd", "lz4"):
+        port = free_port()
+        args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "train",
+                "--batch-size", str(BATCH), "--seed", "5", "--crop-size", "32", "--mirror",
+                "--mean-value", "104,117,123", "--scale", "0.017", "--compress", compress]
+        with ServerProcess(args, tmp_path / ("server-%s.log" % compress)) as server:
+            blobs[compress] = run_net(tmp_path, "net-" + compress,
+                                      zmq_layer("tcp://127.0.0.1:%d" % port, phase="TRAIN"), phase="train")
+            assert server.stop() == 0, server.log
+        if compress != "off":
+            assert "compressing with %s" % compress in server.log
+    for compress in ("zstd", "lz4"):
+        assert np.array_equal(blobs[compress]["data"], blobs["off"]["data"])
+        assert np.array_equal(blobs[compress]["label"], blobs["off"]["label"])
 
 
 def test_layer_serves_its_own_deliveries_and_waiting_share(tmp_path, raw_lmdb):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets import random_images, write_npz
+from datasets import random_images, smooth_images, write_npz
 from processes import REPO, ServerProcess, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -42,3 +42,20 @@ def test_client_layer_receives_exact_batches(tmp_path, python, wire_format):
     assert np.array_equal(got["data"].reshape(20, 3, 10, 10), expected)
     assert got["label"].ravel().tolist() == list(range(20))
     assert tuple(got["version"]) in ((3, 8), (3, 13))
+
+
+@pytest.mark.parametrize("python", PYTHONS, ids=[Path(p).parent.parent.name for p in PYTHONS])
+def test_compressed_stream_without_the_codec_package_says_what_to_install(tmp_path, python):
+    if not os.path.isfile(python):
+        pytest.fail("no Python at %s: run ./dev setup" % python, pytrace=False)
+    assert subprocess.run([python, "-c", "import zstandard"], capture_output=True, timeout=30).returncode != 0
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", smooth_images(20), range(20))
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "5", "--compress", "zstd"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        result = subprocess.run([python, str(HERE / "client_compat_probe.py"), "tcp://127.0.0.1:%d" % port, "1",
+                                 str(tmp_path / "got.npz"), "3"], capture_output=True, text=True, timeout=60)
+        server.stop()
+    assert result.returncode != 0
+    assert "NoDataError: no usable batch within" in result.stderr
+    assert "needs the 'zstandard' package" in result.stderr and "pip install zstandard" in result.stderr

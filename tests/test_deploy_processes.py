@@ -102,7 +102,7 @@ def test_entry_point_turns_the_environment_into_options_before_the_arguments(tmp
     env = {"ZFEED_SOURCE": "lmdb:/data/my train_lmdb", "ZFEED_PHASE": "train", "ZFEED_BATCH_SIZE": "32",
            "ZFEED_MIRROR": "yes", "ZFEED_SHUFFLE": "false", "ZFEED_MEAN_VALUE": "104,117,123",
            "ZFEED_BIND": "tcp://*:5555", "ZFEED_CONNECT": "tcp://trainer-a:5555, tcp://trainer-b:5555",
-           "ZFEED_SHARD": "1/3", "ZFEED_METRICS_PORT": "9100", "ZFEED_EPOCHS": ""}
+           "ZFEED_SHARD": "1/3", "ZFEED_METRICS_PORT": "9100", "ZFEED_EPOCHS": "", "ZFEED_COMPRESS": "zstd:1"}
     argv = entrypoint_argv(env, ["--batch-size", "16", "--crop-size", "8"], tmp_path)
     args = build_parser().parse_args(argv)
     assert args.source == "lmdb:/data/my train_lmdb" and args.phase == "train"  # a space stays in its value
@@ -110,6 +110,7 @@ def test_entry_point_turns_the_environment_into_options_before_the_arguments(tmp
     assert args.bind == ["tcp://*:5555"]  # not expanded as a glob
     assert args.connect == ["tcp://trainer-a:5555", "tcp://trainer-b:5555"]
     assert (args.shard.index, args.shard.count, args.metrics_port, args.epochs) == (1, 3, 9100, None)
+    assert args.compress == ("zstd", 1)
     assert args.batch_size == 16 and args.crop_size == 8  # the container's arguments come last: they win
     assert entrypoint_argv({}, [], tmp_path) == []
     assert "--mirror" not in entrypoint_argv({"ZFEED_MIRROR": "0"}, [], tmp_path)

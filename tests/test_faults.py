@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from client_layer import BatchClient, wire
-from datasets import corrupt_records, random_images, write_lmdb, write_npz
+from datasets import corrupt_records, random_images, smooth_images, write_lmdb, write_npz
 from processes import ServerProcess, alive, child_pids, free_port
 
 
@@ -30,13 +30,17 @@ def receive_all(client, count):
     return batches
 
 
-def test_killed_workers_are_replaced_and_every_sample_arrives_once(tmp_path):
+@pytest.mark.parametrize("compress", ["off", "zstd"])
+def test_killed_workers_are_replaced_and_every_sample_arrives_once(tmp_path, compress):
+    """With --compress, workers also die while packing batches: the pack tasks are re-issued too."""
     size, batch_size, epochs = 120, 8, 6
     # 300 kB batches: socket buffers cannot hold the stream, so the server serves while the trainer reads.
-    db = write_lmdb(tmp_path / "db", random_images(size, (3, 128, 128), seed=1), range(size), encode=".png")
+    images = smooth_images(size, (3, 128, 128), seed=1) if compress != "off" else random_images(size, (3, 128, 128), seed=1)
+    db = write_lmdb(tmp_path / "db", images, range(size), encode=".png")
     port = free_port()
     args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(batch_size),
-            "--workers", "2", "--epochs", str(epochs), "--crop-size", "112", "--mirror", "--seed", "3"]
+            "--workers", "2", "--epochs", str(epochs), "--crop-size", "112", "--mirror", "--seed", "3",
+            "--compress", compress]
     kills = []
     with ServerProcess(args, tmp_path / "server.log") as server, \
             BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:

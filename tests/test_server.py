@@ -7,8 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from client_layer import BatchClient, NoDataError
-from datasets import corrupt_records, random_images, write_image_list, write_lmdb, write_npz
+import zmq
+
+from client_layer import BatchClient, NoDataError, wire
+from datasets import corrupt_records, random_images, smooth_images, write_image_list, write_lmdb, write_npz
 from processes import ServerProcess, alive, child_pids, free_port, run_server
 from server.plan import EpochPlan
 from server.transform import TransformParams, choose_crop, transform_into
@@ -193,6 +195,9 @@ def test_bad_sample_with_fail_policy_stops_the_server_naming_it(tmp_path, images
     (["--mean-file", "missing.binaryproto"], "--mean-file missing.binaryproto"),
     (["--force-color", "--force-gray"], "choose one"),
     (["--bind", "udp://x"], "expected tcp://"),
+    (["--compress", "brotli"], "expected off, lz4, zstd or zstd:LEVEL"),
+    (["--compress", "lz4:3"], "only zstd takes a level"),
+    (["--compress", "zstd:99"], "zstd level 99: use -20 (fastest) to 22 (smallest)"),
 ])
 def test_bad_configurations_are_refused_at_start_up(tmp_path, images, labels, extra, message):
     source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
@@ -285,3 +290,35 @@ def test_pixels_travel_as_uint8_a_quarter_of_the_bytes(tmp_path, images, labels)
     assert batch.dtype("data") == np.float32
     expected = (batch.raw("data").astype(np.float32) - np.float32(100)) * np.float32(0.5)
     assert np.array_equal(batch.array("data"), expected)
+
+
+@pytest.mark.parametrize("compress", ["lz4", "zstd", "zstd:1"])
+def test_compressed_batches_are_smaller_and_decode_to_the_same_bytes(tmp_path, compress):
+    images = smooth_images(24, (3, 40, 48))
+    images[20:] = random_images(4, (3, 40, 48))  # noise: these frames travel raw
+    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, range(24))
+    common = ["--batch-size", "4", "--phase", "test", "--workers", "2", "--crop-size", "32",
+              "--mean-value", "104,117,123", "--scale", "0.5"]
+    plain, _, _ = serve_and_collect(tmp_path, source, common, batches=6, name="plain")
+    port = free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--compress", compress, *common]
+    context = zmq.Context()
+    with ServerProcess(args, tmp_path / "compressed.log") as server:
+        socket = context.socket(zmq.PULL)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVTIMEO, 20000)
+        socket.connect("tcp://127.0.0.1:%d" % port)
+        try:
+            messages = [socket.recv_multipart() for _ in range(6)]
+        finally:
+            socket.close()
+            context.term()
+        assert server.stop() == 0, server.log
+    raw_bytes = 4 * 3 * 32 * 32
+    sizes = [len(message[1]) for message in messages]
+    assert all(size < raw_bytes * 0.7 for size in sizes[:5]) and sizes[5] == raw_bytes, sizes
+    for message, expected in zip(messages, plain):
+        batch = wire.decode_batch(message, 1 << 30)
+        assert (batch.seq, batch.indices.tolist()) == (expected[0], expected[1].tolist())
+        assert np.array_equal(batch.array("data"), expected[3])
+        assert np.array_equal(batch.array("label"), expected[4])

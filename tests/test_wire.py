@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client_layer import wire
+from datasets import smooth_images
 
 LIMIT = 1 << 30
 
@@ -73,7 +74,7 @@ def with_header(frames, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"zfeed": 2}, "version 2, this side speaks version 1"),
+    ({"zfeed": 1}, "version 1, this side speaks version 2"),
     ({"zfeed": None}, "version None"),
     ({"kind": "hello"}, "kind 'hello'"),
     ({"seq": "x"}, "integer 'seq'"),
@@ -92,6 +93,7 @@ def with_header(frames, **changes):
     ({"epoch": [1, 2]}, "'epoch' is not a packed"),
     ({"epoch": b"\x00" * 12}, "4 indices but 3 epochs"),
     ({"extra": 3}, "'extra' is not a map"),
+    ({"codec": 3}, "'codec' 3 is not one of"),
 ])
 def test_malformed_headers_are_refused_with_a_reason(changes, message):
     _, _, frames = make_batch()
@@ -132,7 +134,7 @@ def test_header_that_is_not_msgpack_or_not_a_map_is_refused():
 
 def test_msgpack_extension_types_are_refused():
     # msgpack-numpy and pickle-based codecs ride on ext types: never decoded here.
-    ext = msgpack.packb({"zfeed": 1, "x": msgpack.ExtType(1, b"cos\nsystem\n")}, use_bin_type=True)
+    ext = msgpack.packb({"zfeed": wire.WIRE_VERSION, "x": msgpack.ExtType(1, b"cos\nsystem\n")}, use_bin_type=True)
     with pytest.raises(wire.WireError, match="not valid msgpack"):
         wire.decode_batch([ext], LIMIT)
 
@@ -235,3 +237,109 @@ def test_finished_pixels_are_float32_caffe_arithmetic():
 def test_malformed_finish_instructions_are_refused(finish, message):
     with pytest.raises(wire.WireError, match=message):
         wire.decode_batch(pixel_batch(finish), LIMIT)
+
+
+# -- compression (--compress) --------------------------------------------------------------------
+
+CODEC_NAMES = sorted(wire.CODECS)
+
+
+def compressed_batch(codec_name, data, max_frame_bytes=wire.MAX_FRAME_BYTES):
+    label = np.arange(len(data), dtype=np.float32)
+    return wire.encode_batch("s", 3, {"data": data, "label": label}, np.arange(len(data)), np.zeros(len(data)),
+                             max_frame_bytes=max_frame_bytes, codec=wire.Codec(codec_name))
+
+
+@pytest.mark.parametrize("codec_name", CODEC_NAMES)
+def test_compressed_frames_are_shorter_and_decode_to_the_same_arrays(codec_name):
+    data = smooth_images(6)
+    frames = compressed_batch(codec_name, data)
+    assert header_of(frames)["codec"] == codec_name
+    assert len(frames[1]) < data.nbytes * 0.8  # really compressed
+    assert len(frames[2]) == 6 * 4  # six float32 labels do not shrink: sent raw
+    batch = wire.decode_batch(as_bytes(frames), LIMIT)
+    assert np.array_equal(batch.raw("data"), data)
+    assert np.array_equal(batch.array("label"), np.arange(6, dtype=np.float32))
+
+
+@pytest.mark.parametrize("codec_name", CODEC_NAMES)
+def test_frames_that_do_not_shrink_travel_raw_beside_compressed_ones(codec_name):
+    data = smooth_images(6)
+    data[3:] = np.random.default_rng(1).integers(0, 256, data[3:].shape)  # noise: incompressible
+    row_bytes = data[0].nbytes
+    frames = compressed_batch(codec_name, data, max_frame_bytes=3 * row_bytes)
+    assert len(frames[1]) < 3 * row_bytes and len(frames[2]) == 3 * row_bytes
+    assert np.array_equal(wire.decode_batch(as_bytes(frames), LIMIT).raw("data"), data)
+
+
+@pytest.mark.parametrize("codec_name", CODEC_NAMES)
+def test_corrupt_compressed_frames_are_refused(codec_name):
+    frames = as_bytes(compressed_batch(codec_name, smooth_images(4)))
+    for damaged in (frames[1][: len(frames[1]) // 2], frames[1][:40] + bytes(len(frames[1]) - 40)):
+        with pytest.raises(wire.WireError, match=codec_name):
+            wire.decode_batch([frames[0], damaged, frames[2]], LIMIT)
+
+
+@pytest.mark.parametrize("codec_name", CODEC_NAMES)
+def test_a_frame_that_decompresses_to_more_than_its_rows_is_refused(codec_name):
+    frames = as_bytes(compressed_batch(codec_name, smooth_images(4)))
+    larger = as_bytes(compressed_batch(codec_name, smooth_images(8)))
+    with pytest.raises(wire.WireError, match=codec_name):
+        wire.decode_batch([frames[0], larger[1], frames[2]], LIMIT)
+
+
+def test_a_zstd_frame_claiming_a_huge_size_allocates_only_the_rows(monkeypatch):
+    import tracemalloc
+
+    import zstandard
+
+    frames = as_bytes(compressed_batch("zstd", smooth_images(4)))
+    bomb = zstandard.ZstdCompressor(level=1).compress(bytes(200 * 2**20))  # 200 MiB of zeros
+    assert len(bomb) < 4 * 3 * 40 * 48 and zstandard.get_frame_parameters(bomb).content_size == 200 * 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(wire.WireError, match="more than"):
+            wire.decode_batch([frames[0], bomb, frames[2]], LIMIT)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20
+
+
+def test_unknown_codec_and_overlong_frames_are_refused():
+    frames = compressed_batch("zstd", smooth_images(4))
+    with pytest.raises(wire.WireError, match="'codec' 'brotli'"):
+        wire.decode_batch(with_header(frames, codec="brotli"), LIMIT)
+    raw = as_bytes(make_batch()[2])
+    with pytest.raises(wire.WireError, match="frame 1 of array 'data' is"):
+        wire.decode_batch([with_header(raw, codec="zstd")[0], raw[1] + b"x", raw[2]], LIMIT)
+
+
+def test_a_missing_codec_package_is_named_with_the_fix(monkeypatch):
+    frames = as_bytes(compressed_batch("zstd", smooth_images(4)))
+    monkeypatch.setitem(wire.CODECS, "zstd", ("zfeed_no_such_module", "zstandard"))
+    with pytest.raises(wire.WireError, match=r"needs the 'zstandard' package.*pip install zstandard"):
+        wire.decode_batch(frames, LIMIT)
+    # An uncompressed batch needs no codec package at all.
+    raw = as_bytes(make_batch()[2])
+    assert wire.decode_batch(with_header(raw, codec="zstd"), LIMIT).size == 4
+
+
+@pytest.mark.parametrize("codec_name", CODEC_NAMES)
+def test_fuzzed_compressed_messages_decode_consistently_or_are_refused(codec_name):
+    rng = np.random.default_rng(7)
+    valid = as_bytes(compressed_batch(codec_name, smooth_images(3, (3, 12, 12))))
+    refused = 0
+    for _ in range(3000):
+        message = [bytearray(f) for f in valid]
+        for _ in range(int(rng.integers(1, 4))):
+            message[1][int(rng.integers(len(message[1])))] = int(rng.integers(256))
+        if rng.integers(2):
+            message[1] = message[1][: int(rng.integers(len(message[1]) + 1))]
+        try:
+            batch = wire.decode_batch([bytes(f) for f in message], 1 << 20)
+        except wire.WireError:
+            refused += 1
+            continue
+        assert batch.raw("data").nbytes == batch.spec("data").nbytes
+    assert refused > 0
