@@ -2,7 +2,7 @@
 
 Usage: trainer_probe.py OUT.json COUNT (--connect ADDR ... | --bind ADDR) [--timeout S] [--idle S] [--work S]
 Prints "ready" once its socket exists, then receives COUNT batches (or until --idle seconds pass without one, when
-COUNT is 0), spending --work seconds on each batch as a training step would, and writes [{"stream", "seq", "epochs", "indices", "bytes"}] plus
+COUNT is 0), spending --work seconds on each batch as a training step would, and writes [{"stream", "seq", "epochs", "indices", "bytes", "wire_bytes"}] plus
 the receive time. Runs in whatever network namespace it is started in.
 """
 
@@ -43,7 +43,8 @@ def main() -> int:
                 client.timeout_s = args.idle if args.count == 0 else args.timeout
             records.append({"stream": batch.stream, "seq": batch.seq, "epochs": batch.epochs.tolist(),
                             "indices": batch.indices.tolist(),
-                            "bytes": sum(batch.spec(n).nbytes for n in batch.names)})
+                            "bytes": sum(batch.spec(n).nbytes for n in batch.names),
+                            "wire_bytes": batch.wire_bytes})
             time.sleep(args.work)
         elapsed = time.monotonic() - started if started else 0.0
     Path(args.out).write_text(json.dumps({"batches": records, "seconds": elapsed}))
