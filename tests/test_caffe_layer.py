@@ -131,41 +131,38 @@ def test_layer_param_str_must_be_json(tmp_path):
     assert "param_str is not JSON" in str(failed.value)
 
 
+def served_train_blobs(tmp_path, db, name, options, crop=10):
+    """The tops of a TRAIN net fed by a server with crop, mirror, mean values, scale and ``options``."""
+    port = free_port()
+    args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "train",
+            "--batch-size", str(BATCH), "--seed", "11", "--crop-size", str(crop), "--mirror",
+            "--mean-value", "104,117,123", "--scale", "0.017", *options]
+    with ServerProcess(args, tmp_path / ("server-%s.log" % name)) as server:
+        blobs = run_net(tmp_path, "net-" + name, zmq_layer("tcp://127.0.0.1:%d" % port, phase="TRAIN"),
+                        phase="train")
+        assert server.stop() == 0, server.log
+    return blobs, server.log
+
+
 def test_uint8_and_float32_wire_give_identical_blobs_in_caffe(tmp_path, raw_lmdb):
     db, _ = raw_lmdb
-    blobs = {}
-    for wire_format in ("auto", "float32"):
-        port = free_port()
-        args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "train",
-                "--batch-size", str(BATCH), "--seed", "11", "--crop-size", "10", "--mirror",
-                "--mean-value", "104,117,123", "--scale", "0.017", "--wire-format", wire_format]
-        with ServerProcess(args, tmp_path / ("server-%s.log" % wire_format)) as server:
-            blobs[wire_format] = run_net(tmp_path, "net-" + wire_format,
-                                         zmq_layer("tcp://127.0.0.1:%d" % port, phase="TRAIN"), phase="train")
-            assert server.stop() == 0, server.log
-    assert np.array_equal(blobs["auto"]["data"], blobs["float32"]["data"])
-    assert np.array_equal(blobs["auto"]["label"], blobs["float32"]["label"])
-    assert np.unique(blobs["auto"]["data"]).size > 100  # real, varied pixels
+    pixels, _ = served_train_blobs(tmp_path, db, "auto", ["--wire-format", "auto"])
+    floats, _ = served_train_blobs(tmp_path, db, "float32", ["--wire-format", "float32"])
+    assert np.array_equal(pixels["data"], floats["data"])
+    assert np.array_equal(pixels["label"], floats["label"])
+    assert np.unique(pixels["data"]).size > 100  # real, varied pixels
 
 
 def test_compressed_streams_give_identical_blobs_in_caffe(tmp_path):
-    """The trainer side decompresses (zstandard, lz4 in Caffe's Python) to the very same blobs."""
+    """The trainer side decompresses (zstandard, lz4 in Caffe's Python) to the very same blobs.
+    (test_server.py shows that batches of these images do shrink on the wire.)"""
     db = write_lmdb(tmp_path / "db", smooth_images(N, (3, 40, 48), seed=3), [i % 10 for i in range(N)])
-    blobs = {}
-    for compress in ("off", "zstd", "lz4"):
-        port = free_port()
-        args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "train",
-                "--batch-size", str(BATCH), "--seed", "5", "--crop-size", "32", "--mirror",
-                "--mean-value", "104,117,123", "--scale", "0.017", "--compress", compress]
-        with ServerProcess(args, tmp_path / ("server-%s.log" % compress)) as server:
-            blobs[compress] = run_net(tmp_path, "net-" + compress,
-                                      zmq_layer("tcp://127.0.0.1:%d" % port, phase="TRAIN"), phase="train")
-            assert server.stop() == 0, server.log
-        if compress != "off":
-            assert "compressing with %s" % compress in server.log
-    for compress in ("zstd", "lz4"):
-        assert np.array_equal(blobs[compress]["data"], blobs["off"]["data"])
-        assert np.array_equal(blobs[compress]["label"], blobs["off"]["label"])
+    plain, _ = served_train_blobs(tmp_path, db, "off", [], crop=32)
+    for codec in ("zstd", "lz4"):
+        blobs, log = served_train_blobs(tmp_path, db, codec, ["--compress", codec], crop=32)
+        assert "compressing with %s" % codec in log
+        assert np.array_equal(blobs["data"], plain["data"])
+        assert np.array_equal(blobs["label"], plain["label"])
 
 
 def test_layer_serves_its_own_deliveries_and_waiting_share(tmp_path, raw_lmdb):
