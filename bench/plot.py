@@ -2,11 +2,11 @@
 
     python -m bench.plot [--quick] [--output PNG]
 
-For 1 and 2 loader workers and for uint8 pixels on the wire (the default)
-and ``--wire-format float32``, a real server on the JPEG LMDB of
+For 1 and 2 loader workers and for uint8 pixels on the wire (the default),
+``--wire-format float32`` and uint8 with ``--compress zstd``, a real server on the JPEG LMDB of
 ``bench.dataset`` (crop 227, mirror, mean values 104,117,123, batch 64)
 sends to a ``BatchClient`` in this process that never reads the pixels
-(``bench.server_rate``). Rounds alternate the four configurations, in a
+(``bench.server_rate``). Rounds alternate the six configurations, in a
 rotated order; each figure is the median over rounds, and the plot shows
 every run as a dot and the medians as lines.
 
@@ -35,7 +35,9 @@ LOG_DIR = dataset.CACHE_DIR / "logs"
 DEFAULT_OUTPUT = REPO / "bench" / "images_per_worker.png"
 QUICK_OUTPUT = dataset.CACHE_DIR / "images_per_worker-quick.png"
 WORKERS = (1, 2)
-PAYLOADS = (("uint8 pixels (default)", "auto"), ("float32 (--wire-format float32)", "float32"))
+PAYLOADS = (("uint8 pixels (default)", "auto", ()), ("float32 (--wire-format float32)", "float32", ()),
+            ("uint8 + zstd -3 (--compress zstd)", "auto", ("--compress", "zstd")))
+FLOAT32 = PAYLOADS[1][0]
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,15 @@ Config = Tuple[int, str]  # (workers, payload name)
 
 
 def measure(plan: Plan) -> Dict[Config, List[dict]]:
-    configs = [(workers, payload, wire) for workers in WORKERS for payload, wire in PAYLOADS]
-    runs: Dict[Config, List[dict]] = {(w, p): [] for w, p, _ in configs}
+    configs = [(workers, payload, wire, extra) for workers in WORKERS for payload, wire, extra in PAYLOADS]
+    runs: Dict[Config, List[dict]] = {(w, p): [] for w, p, _, _ in configs}
     source = "lmdb:%s" % dataset.jpeg_lmdb()
     with Children(LOG_DIR) as children:
         for round_number in range(plan.rounds):
             shift = round_number % len(configs)
-            for workers, payload, wire in configs[shift:] + configs[:shift]:
-                name = "plot-server-%dw-%s-%d" % (workers, wire, round_number)
-                with ServedStream(children, source, workers, wire, name=name) as stream:
+            for workers, payload, wire, extra in configs[shift:] + configs[:shift]:
+                name = "plot-server-%dw-%s%s-%d" % (workers, wire, "-".join(extra), round_number)
+                with ServedStream(children, source, workers, wire, name=name, extra=extra) as stream:
                     stream.receive(plan.warmup_batches)
                     result = stream.measure(plan.seconds)
                 runs[(workers, payload)].append(result)
@@ -76,7 +78,8 @@ def draw(runs: Dict[Config, List[dict]], output: Path, subtitle: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for (payload, _wire), colour, offset in zip(PAYLOADS, ("tab:blue", "tab:orange"), (-0.03, 0.03)):
+    for (payload, _wire, _extra), colour, offset in zip(PAYLOADS, ("tab:blue", "tab:orange", "tab:green"),
+                                                        (-0.04, 0.0, 0.04)):
         medians = [statistics.median(r["images_s"] for r in runs[(w, payload)]) for w in WORKERS]
         axes.plot(WORKERS, medians, marker="o", color=colour, label=payload)
         for workers in WORKERS:
@@ -103,13 +106,13 @@ def draw(runs: Dict[Config, List[dict]], output: Path, subtitle: str) -> None:
 def table(plan: Plan, runs: Dict[Config, List[dict]]) -> str:
     rows = []
     for workers in WORKERS:
-        for payload, _wire in PAYLOADS:
+        for payload, _wire, _extra in PAYLOADS:
             images = [r["images_s"] for r in runs[(workers, payload)]]
             scaling = ""
             if workers != WORKERS[0]:
                 one = [r["images_s"] for r in runs[(WORKERS[0], payload)]]
                 scaling = "%.2f" % report.paired_ratio(images, one)
-            float_runs = [r["images_s"] for r in runs[(workers, PAYLOADS[1][0])]]
+            float_runs = [r["images_s"] for r in runs[(workers, FLOAT32)]]
             versus_float = "%.2f" % report.paired_ratio(images, float_runs)
             rows.append(["%d" % workers, payload, "%.0f" % statistics.median(images),
                          "%.0f" % statistics.median(r["mb_s"] for r in runs[(workers, payload)]),

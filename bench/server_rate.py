@@ -64,6 +64,7 @@ class ServedStream:
         self.server = children.start(name, server_command(source, port, workers, wire_format, extra), python_env())
         self.client = BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=STARTUP_TIMEOUT_S)
         self.batch_bytes: Optional[int] = None
+        self.wire_bytes = 0  # as received, so compressed where the server compresses
         self._first = True
 
     def next_batch(self):
@@ -77,6 +78,7 @@ class ServedStream:
             self._first = False
             self.client.timeout_s = BATCH_TIMEOUT_S
             self.batch_bytes = sum(spec.nbytes for spec in batch.specs)
+        self.wire_bytes += batch.wire_bytes
         return batch
 
     def receive(self, batches: int) -> None:
@@ -84,10 +86,11 @@ class ServedStream:
             self.next_batch()
 
     def measure(self, seconds: float) -> dict:
-        """Batches received in about ``seconds``: images/s, MB/s of array bytes, and
+        """Batches received in about ``seconds``: images/s, MB/s on the wire, and
         ``worker_cpu_s``, the CPU time the loader workers used meanwhile."""
         workers = self.worker_pids()
         cpu_before = sum(cpu_seconds(pid) for pid in workers)
+        wire_bytes_before = self.wire_bytes
         start = time.perf_counter()
         batches = 0
         while True:
@@ -98,7 +101,7 @@ class ServedStream:
                 break
         worker_cpu_s = sum(cpu_seconds(pid) for pid in workers) - cpu_before
         return {"batches": batches, "seconds": elapsed, "images_s": batches * BATCH / elapsed,
-                "mb_s": batches * (self.batch_bytes or 0) / elapsed / 1e6, "worker_cpu_s": worker_cpu_s,
+                "mb_s": (self.wire_bytes - wire_bytes_before) / elapsed / 1e6, "worker_cpu_s": worker_cpu_s,
                 "images_per_worker_cpu_s": batches * BATCH / worker_cpu_s if worker_cpu_s > 0 else 0.0}
 
     def worker_pids(self) -> List[int]:
