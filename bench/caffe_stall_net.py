@@ -15,8 +15,10 @@ each solver, in a rotated order. The figures of a block, per iteration: its
 wall time; the CPU time of this thread (Caffe's only compute thread), which
 time spent descheduled does not inflate; the wall time of the data layer's
 ``forward()`` (the zfeed feeds use ``TimedZmqDataLayer``, ZmqDataLayer with
-a stopwatch); and for zfeed feeds the time ``forward()`` waited for data
-(zero when the server keeps up).
+stopwatches); and for zfeed feeds the part of it in ``BatchClient.receive()``
+and the number of batches that had not fully arrived when ``forward()``
+asked (zero when the server keeps up). The JSON also says where the process
+ran: each thread's allowed CPUs and OpenBLAS's thread count.
 
 ``forward-cost``: what ``ZmqDataLayer.forward()`` does besides receiving,
 ``Batch.copy_into`` of ``data`` and ``label`` into a real Caffe blob, for a
@@ -25,6 +27,7 @@ that came as float32; interleaved, ``N`` times each.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import sys
@@ -43,6 +46,7 @@ MEAN = (104.0, 117.0, 123.0)
 MAX_BATCH_BYTES = 2**31
 MEMORY_REAL = "in-memory Python layer, real pixels"
 MEMORY_ZEROS = "in-memory Python layer, zero pixels"
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 DATA_LAYERS = {
     "zfeed": """layer { name: "data" type: "Python" top: "data" top: "label"
@@ -81,14 +85,29 @@ snapshot_after_train: false solver_mode: CPU random_seed: 1
 
 
 class TimedZmqDataLayer(ZmqDataLayer):
-    """``ZmqDataLayer``, unchanged, with the wall time of its ``forward()`` added up in ``forward_s``."""
+    """``ZmqDataLayer``, unchanged, with stopwatches and one probe.
 
-    forward_s = 0.0
+    Added up: ``forward_s``, the wall time of ``forward()``; ``receive_s``, the
+    part of it spent getting the batch from ``BatchClient.receive()``;
+    ``not_ready``, the batches that had not fully arrived when ``forward()``
+    asked for them (the layer waited for data; zero when the server keeps up).
+    """
+
+    forward_s = receive_s = 0.0
+    not_ready = 0
 
     def forward(self, bottom, top):
         start = time.perf_counter()
+        if self.pending is None:
+            # ZmqDataLayer.forward() receives first thing when nothing is pending;
+            # receiving here instead times it apart, and the rest runs unchanged.
+            if not self.client._socket.poll(0):  # a probe of the benchmark, not of the layer
+                self.not_ready += 1
+            self.pending = self.client.receive()
+        received = time.perf_counter()
         super().forward(bottom, top)
         self.forward_s += time.perf_counter() - start
+        self.receive_s += received - start
 
 
 class MemoryBatchLayer(caffe.Layer):
@@ -157,26 +176,46 @@ def stall(args) -> dict:
         solver.step(args.warmup)
     names = list(solvers)
     results = {name: {"ms_per_iteration": [], "cpu_ms_per_iteration": [], "wait_ms_per_iteration": [],
-                      "forward_ms_per_iteration": []} for name in names}
+                      "forward_ms_per_iteration": [], "receive_ms_per_iteration": [], "not_ready": []}
+               for name in names}
     for round_number in range(args.rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
             solver, client = solvers[name]
             waited = client.wait_s if client else 0.0
             layer = solver.net.layers[0]
-            forward_s = getattr(layer, "forward_s", 0.0)
+            before = {key: getattr(layer, key, 0) for key in ("forward_s", "receive_s", "not_ready")}
             start, cpu_start = time.perf_counter(), time.thread_time()
             solver.step(args.iterations)
             seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - cpu_start
-            results[name]["ms_per_iteration"].append(1000 * seconds / args.iterations)
-            results[name]["cpu_ms_per_iteration"].append(1000 * cpu_seconds / args.iterations)
-            results[name]["forward_ms_per_iteration"].append(
-                1000 * (getattr(layer, "forward_s", 0.0) - forward_s) / args.iterations)
-            results[name]["wait_ms_per_iteration"].append(
+            result = results[name]
+            result["ms_per_iteration"].append(1000 * seconds / args.iterations)
+            result["cpu_ms_per_iteration"].append(1000 * cpu_seconds / args.iterations)
+            for key in ("forward", "receive"):
+                result[key + "_ms_per_iteration"].append(
+                    1000 * (getattr(layer, key + "_s", 0.0) - before[key + "_s"]) / args.iterations)
+            result["not_ready"].append(getattr(layer, "not_ready", 0) - before["not_ready"])
+            result["wait_ms_per_iteration"].append(
                 1000 * ((client.wait_s if client else 0.0) - waited) / args.iterations)
         print("round %d: %s" % (round_number + 1, ", ".join("%s %.0f ms" % (n, r["ms_per_iteration"][-1])
                                                             for n, r in results.items())), file=sys.stderr)
-    return {"net": NET_DESCRIPTION, "configs": results}
+    return {"net": NET_DESCRIPTION, "configs": results, "trainer": placement()}
+
+
+def placement() -> dict:
+    """Where this process ran: the CPUs each of its threads may use, and OpenBLAS's thread count."""
+    threads = {}
+    for task in sorted(os.listdir("/proc/self/task"), key=int):
+        try:
+            with open("/proc/self/task/%s/status" % task) as status:
+                cpus = [line.split(":", 1)[1].strip() for line in status if line.startswith("Cpus_allowed_list")]
+            with open("/proc/self/task/%s/comm" % task) as comm:
+                threads[task] = {"name": comm.read().strip(), "cpus": cpus[0]}
+        except OSError:
+            continue  # the thread ended meanwhile
+    blas = ctypes.CDLL(caffe._caffe.__file__)  # OpenBLAS is linked into this wheel's _caffe
+    return {"threads": threads, "openblas_threads": blas.openblas_get_num_threads(),
+            "env": {key: os.environ.get(key) for key in BLAS_THREAD_VARIABLES}}
 
 
 def _received(frames) -> wire.Batch:
