@@ -17,8 +17,9 @@ time spent descheduled does not inflate; the wall time of the data layer's
 ``forward()`` (the zfeed feeds use ``TimedZmqDataLayer``, ZmqDataLayer with
 stopwatches); and for zfeed feeds the part of it in ``BatchClient.receive()``
 and the number of batches that had not fully arrived when ``forward()``
-asked (zero when the server keeps up). The JSON also says where the process
-ran: each thread's allowed CPUs and OpenBLAS's thread count.
+asked (zero when the server keeps up), and the CPU time of the feed's
+ZeroMQ receiving thread. The JSON also says where the process ran: each
+thread's allowed CPUs and OpenBLAS's thread count.
 
 ``forward-cost``: what ``ZmqDataLayer.forward()`` does besides receiving,
 ``Batch.copy_into`` of ``data`` and ``label`` into a real Caffe blob, for a
@@ -167,17 +168,25 @@ def stall(args) -> dict:
         for name, zeros in ((MEMORY_REAL, False), (MEMORY_ZEROS, True)):
             param_str = json.dumps(json.dumps({"pixels": args.memory_pixels, "zeros": zeros}))
             solvers[name] = (make_solver(DATA_LAYERS["memory"] % {"param_str": param_str}), None)
+    receiving_threads = {}  # name: ids of the threads ZeroMQ started for this feed's client
     for feed in args.feed:
         name, _, address = feed.partition("=")
         param_str = json.dumps(json.dumps({"address": address, "timeout_s": 60}))  # JSON strings are prototxt strings
+        threads_before = set(os.listdir("/proc/self/task"))
         solver = make_solver(DATA_LAYERS["zfeed"] % {"param_str": param_str})
         solvers[name] = (solver, solver.net.layers[0].client)
+        receiving_threads[name] = [int(task) for task in set(os.listdir("/proc/self/task")) - threads_before
+                                   if _thread_name(task).startswith("ZMQbg/IO")]
     for solver, _client in solvers.values():
         solver.step(args.warmup)
     names = list(solvers)
     results = {name: {"ms_per_iteration": [], "cpu_ms_per_iteration": [], "wait_ms_per_iteration": [],
                       "forward_ms_per_iteration": [], "receive_ms_per_iteration": [], "not_ready": []}
                for name in names}
+    # A receiving thread refills its prefetch whenever a batch is taken, even during other
+    # solvers' blocks; every prefetch is full before the first round and after the last, so
+    # the thread's CPU time over all the rounds, divided by the batches taken, is its cost per batch.
+    receiving_cpu = {name: sum(map(thread_cpu_s, tids)) for name, tids in receiving_threads.items()}
     for round_number in range(args.rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
@@ -199,7 +208,37 @@ def stall(args) -> dict:
                 1000 * ((client.wait_s if client else 0.0) - waited) / args.iterations)
         print("round %d: %s" % (round_number + 1, ", ".join("%s %.0f ms" % (n, r["ms_per_iteration"][-1])
                                                             for n, r in results.items())), file=sys.stderr)
+    for name, tids in receiving_threads.items():
+        results[name]["receiving_thread_cpu_ms_per_batch"] = (
+            1000 * (sum(map(thread_cpu_s, tids)) - receiving_cpu[name]) / (args.rounds * args.iterations))
     return {"net": NET_DESCRIPTION, "configs": results, "trainer": placement()}
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def thread_cpu_s(tid: int) -> float:
+    """CPU seconds used so far by thread ``tid`` of this process, to the nanosecond.
+
+    Linux gives every thread a CPU clock whose id is made from the thread id
+    (``MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)``); /proc only counts ticks of 10 ms.
+    """
+    spec = _Timespec()
+    if _libc.clock_gettime(ctypes.c_int((~tid << 3) | 6), ctypes.byref(spec)) != 0:
+        raise OSError(ctypes.get_errno(), "clock_gettime of thread %d" % tid)
+    return spec.tv_sec + spec.tv_nsec * 1e-9
+
+
+def _thread_name(task: str) -> str:
+    try:
+        with open("/proc/self/task/%s/comm" % task) as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""  # the thread ended meanwhile
 
 
 def placement() -> dict:
@@ -209,10 +248,9 @@ def placement() -> dict:
         try:
             with open("/proc/self/task/%s/status" % task) as status:
                 cpus = [line.split(":", 1)[1].strip() for line in status if line.startswith("Cpus_allowed_list")]
-            with open("/proc/self/task/%s/comm" % task) as comm:
-                threads[task] = {"name": comm.read().strip(), "cpus": cpus[0]}
         except OSError:
             continue  # the thread ended meanwhile
+        threads[task] = {"name": _thread_name(task), "cpus": cpus[0]}
     blas = ctypes.CDLL(caffe._caffe.__file__)  # OpenBLAS is linked into this wheel's _caffe
     return {"threads": threads, "openblas_threads": blas.openblas_get_num_threads(),
             "env": {key: os.environ.get(key) for key in BLAS_THREAD_VARIABLES}}

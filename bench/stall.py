@@ -214,7 +214,7 @@ def run_placement(children: Children, plan: Plan, placement: Placement) -> Tuple
     for name, server in servers:
         children.check_alive(server, "the server of %r" % name)
         workers = child_pids(server.pid)
-        where.append("server of %s: supervisor on CPUs %s, %d worker(s) on CPUs %s"
+        where.append("server of %s: supervisor on %s, %d worker(s) on %s"
                      % (name, allowed_cpus(server.pid), len(workers),
                         ", ".join(allowed_cpus(pid) for pid in workers) or "?"))
         children.stop(server)
@@ -222,7 +222,7 @@ def run_placement(children: Children, plan: Plan, placement: Placement) -> Tuple
 
 
 def allowed_cpus(pid: int) -> str:
-    """The CPUs the threads of ``pid`` may run on, as /proc lists them ("0", "0-1"); "/" between differing ones."""
+    """The CPUs the threads of ``pid`` may run on ("CPU 1", "CPUs 0-1"), as /proc lists them."""
     lists = set()
     for status in Path("/proc/%d/task" % pid).glob("*/status"):
         try:
@@ -230,19 +230,23 @@ def allowed_cpus(pid: int) -> str:
                          if line.startswith("Cpus_allowed_list"))
         except OSError:
             continue  # the thread ended meanwhile
-    return " / ".join(sorted(lists)) or "?"
+    return " / ".join(_cpus(text) for text in sorted(lists)) or "?"
+
+
+def _cpus(text: str) -> str:
+    return ("CPU %s" if text.isdigit() else "CPUs %s") % text
 
 
 def trainer_placement(trainer: dict) -> str:
-    threads = trainer["threads"].values()
+    threads = list(trainer["threads"].values())
     by_cpus: Dict[str, int] = {}
     for thread in threads:
         by_cpus[thread["cpus"]] = by_cpus.get(thread["cpus"], 0) + 1
-    env = ", ".join("%s=%s" % item for item in trainer["env"].items() if item[1] is not None) or "neither set"
-    return ("trainer (one Caffe process, ZeroMQ's receiving threads included): %d threads, on CPUs %s; "
-            "OpenBLAS %d thread(s) (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS: %s)"
-            % (len(threads), ", ".join("%s (%d)" % item for item in sorted(by_cpus.items())),
-               trainer["openblas_threads"], env))
+    env = ", ".join("%s=%s" % item for item in trainer["env"].items() if item[1] is not None)
+    return ("trainer (one Caffe process): %d threads (the Caffe thread, BLAS's, ZeroMQ's), %s; "
+            "OpenBLAS threads: %d (%s)"
+            % (len(threads), ", ".join("%d on %s" % (count, _cpus(cpus)) for cpus, count in sorted(by_cpus.items())),
+               trainer["openblas_threads"], env or "OMP_NUM_THREADS and OPENBLAS_NUM_THREADS unset"))
 
 
 def _extra(times: List[float], baseline: List[float]) -> float:
@@ -262,33 +266,37 @@ def stall_table(plan: Plan, placement: Placement, stall: dict, where: List[str])
     memory_name = [name for name in results if name.startswith("in-memory") and "real" in name][0]
     memory = results[memory_name]["ms_per_iteration"]
     rows = []
+    batches = plan.rounds * plan.iterations
     for name, result in results.items():
         times = result["ms_per_iteration"]
         cpu = result["cpu_ms_per_iteration"]
-        extra = verdict = over_memory = receive = not_ready = cpu_extra = forward = ""
+        extra = verdict = over_memory = forward = receive_share = late_cell = receiving = cpu_extra = ""
         if name != "DummyData":
             extra = _extra_cell(times, baseline)
             cpu_extra = "%+.1f %%" % _extra(cpu, cpu_baseline)
             forward = "%.1f" % statistics.median(result["forward_ms_per_iteration"])
         if name.startswith("zfeed"):
             over_memory = _extra_cell(times, memory)
-            late, batches = sum(result["not_ready"]), plan.rounds * plan.iterations
+            late = sum(result["not_ready"])
             # The target is about a server that keeps up: judged only where no batch was late.
             verdict = (report.verdict(_extra(times, baseline), TARGET_PERCENT, at_most=True) if late == 0
                        else "n/a: the layer waited")
-            receiving = result["receive_ms_per_iteration"]
-            share = [100.0 * r / t for r, t in zip(receiving, times)]
-            receive = "%.2f ms, %.2f %% (max %.2f %%)" % (statistics.median(receiving), statistics.median(share),
-                                                         max(share))
-            not_ready = "%d of %d" % (late, batches)
-        rows.append([name, "%.0f" % statistics.median(times), extra, verdict, over_memory, forward, receive,
-                     not_ready, "%.0f" % statistics.median(cpu), cpu_extra, report.runs(times)])
+            receive = result["receive_ms_per_iteration"]
+            share = [100.0 * r / t for r, t in zip(receive, times)]
+            forward += " (receive %.1f)" % statistics.median(receive)
+            receive_share = "%.2f %% (max %.2f %%)" % (statistics.median(share), max(share))
+            late_cell = "%d of %d" % (late, batches)
+            receiving = "%.1f" % result["receiving_thread_cpu_ms_per_batch"]
+        rows.append([name, "%.0f" % statistics.median(times), extra, verdict, over_memory, forward, receive_share,
+                     late_cell, receiving, "%.0f" % statistics.median(cpu), cpu_extra, report.runs(times)])
     table = report.markdown_table(["Data layer", "ms per solver iteration (median)", "extra vs DummyData",
-                                   "target (only where no batch was late)", "extra vs in-memory layer, real pixels",
-                                   "data layer forward() ms per iteration",
-                                   "of which in receive(): ms, share of the iteration",
-                                   "batches not there when forward() asked",
-                                   "trainer-thread CPU ms per iteration", "CPU extra vs DummyData", "runs (ms)"],
+                                   "target (judged where no batch was late)",
+                                   "extra vs in-memory layer, real pixels",
+                                   "data layer forward() ms per iteration (of which in receive())",
+                                   "receive() share of the iteration (median, max)",
+                                   "batches late: not there when forward() asked",
+                                   "ZeroMQ receiving thread CPU ms per batch",
+                                   "Caffe-thread CPU ms per iteration", "CPU extra vs DummyData", "runs (ms)"],
                                   rows)
     return "\n".join(["### %s" % placement.title, "", table, ""] + ["- %s." % line for line in where])
 
@@ -298,7 +306,7 @@ def notes(plan: Plan, stall: dict) -> str:
         "- Each placement: one Caffe process (CPU), one SGD solver per data layer, all on the same net: "
         "%s, batch 64 x 3 x 227 x 227. %d warm-up iterations each, then %d rounds of %d iterations per solver "
         "in a rotated order; extra: median of the per-round ratios, minus one, so every ratio compares "
-        "solvers of the same trainer process in the same rounds. CPU: the Caffe thread's own CPU time "
+        "solvers of the same trainer process in the same rounds. Caffe-thread CPU: its own CPU time "
         "(time.thread_time), which time spent descheduled by other processes on this shared machine does "
         "not inflate." % (stall["net"], plan.warmup, plan.rounds, plan.iterations),
         "- Server on its own core: the trainer process (its Caffe thread and ZeroMQ's receiving thread) "
@@ -315,7 +323,9 @@ def notes(plan: Plan, stall: dict) -> str:
         "what zfeed costs. forward(): wall time inside the data layer's forward() (zfeed: ZmqDataLayer "
         "subclassed only to add stopwatches and a probe); receive(): the part of it in "
         "`BatchClient.receive()`; a batch is late when it had not fully arrived (the socket had nothing to "
-        "read) as forward() asked for it." % MEMORY_BATCHES,
+        "read) as forward() asked for it. ZeroMQ's receiving thread (one per feed, in the trainer process) "
+        "reads the next batch from TCP while the net runs; its CPU time (the thread's own CPU clock) over "
+        "all the rounds, per batch taken." % MEMORY_BATCHES,
         "- Servers: 1 worker each, TRAIN crop 227 + mirror + mean 104,117,123, on 127.0.0.1; the raw LMDB holds "
         "the JPEG LMDB's 512 images decoded once to raw 256x256 Datums, so its server only parses, crops and "
         "sends. This machine is shared with other test runs (preliminary figures). Load average at the end: "
