@@ -209,6 +209,8 @@ def stall(args) -> dict:
         print("round %d: %s" % (round_number + 1, ", ".join("%s %.0f ms" % (n, r["ms_per_iteration"][-1])
                                                             for n, r in results.items())), file=sys.stderr)
     for name, tids in receiving_threads.items():
+        if not tids:
+            continue  # ZeroMQ named no thread ZMQbg/IO*: the table says so rather than show 0
         results[name]["receiving_thread_cpu_ms_per_batch"] = (
             1000 * (sum(map(thread_cpu_s, tids)) - receiving_cpu[name]) / (args.rounds * args.iterations))
     return {"net": NET_DESCRIPTION, "configs": results, "trainer": placement()}
