@@ -15,8 +15,11 @@ each solver, in a rotated order. The figures of a block, per iteration: its
 wall time; the CPU time of this thread (Caffe's only compute thread), which
 time spent descheduled does not inflate; the wall time of the data layer's
 ``forward()`` (the zfeed feeds use ``TimedZmqDataLayer``, ZmqDataLayer with
-a stopwatch); and for zfeed feeds the time ``forward()`` waited for data
-(zero when the server keeps up).
+stopwatches); and for zfeed feeds the part of it in ``BatchClient.receive()``
+and the number of batches that had not fully arrived when ``forward()``
+asked (zero when the server keeps up), and the CPU time of the feed's
+ZeroMQ receiving thread. The JSON also says where the process ran: each
+thread's allowed CPUs and OpenBLAS's thread count.
 
 ``forward-cost``: what ``ZmqDataLayer.forward()`` does besides receiving,
 ``Batch.copy_into`` of ``data`` and ``label`` into a real Caffe blob, for a
@@ -25,6 +28,7 @@ that came as float32; interleaved, ``N`` times each.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import sys
@@ -43,6 +47,7 @@ MEAN = (104.0, 117.0, 123.0)
 MAX_BATCH_BYTES = 2**31
 MEMORY_REAL = "in-memory Python layer, real pixels"
 MEMORY_ZEROS = "in-memory Python layer, zero pixels"
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 DATA_LAYERS = {
     "zfeed": """layer { name: "data" type: "Python" top: "data" top: "label"
@@ -81,14 +86,29 @@ snapshot_after_train: false solver_mode: CPU random_seed: 1
 
 
 class TimedZmqDataLayer(ZmqDataLayer):
-    """``ZmqDataLayer``, unchanged, with the wall time of its ``forward()`` added up in ``forward_s``."""
+    """``ZmqDataLayer``, unchanged, with stopwatches and one probe.
 
-    forward_s = 0.0
+    Added up: ``forward_s``, the wall time of ``forward()``; ``receive_s``, the
+    part of it spent getting the batch from ``BatchClient.receive()``;
+    ``not_ready``, the batches that had not fully arrived when ``forward()``
+    asked for them (the layer waited for data; zero when the server keeps up).
+    """
+
+    forward_s = receive_s = 0.0
+    not_ready = 0
 
     def forward(self, bottom, top):
         start = time.perf_counter()
+        if self.pending is None:
+            # ZmqDataLayer.forward() receives first thing when nothing is pending;
+            # receiving here instead times it apart, and the rest runs unchanged.
+            if not self.client._socket.poll(0):  # a probe of the benchmark, not of the layer
+                self.not_ready += 1
+            self.pending = self.client.receive()
+        received = time.perf_counter()
         super().forward(bottom, top)
         self.forward_s += time.perf_counter() - start
+        self.receive_s += received - start
 
 
 class MemoryBatchLayer(caffe.Layer):
@@ -148,35 +168,94 @@ def stall(args) -> dict:
         for name, zeros in ((MEMORY_REAL, False), (MEMORY_ZEROS, True)):
             param_str = json.dumps(json.dumps({"pixels": args.memory_pixels, "zeros": zeros}))
             solvers[name] = (make_solver(DATA_LAYERS["memory"] % {"param_str": param_str}), None)
+    receiving_threads = {}  # name: ids of the threads ZeroMQ started for this feed's client
     for feed in args.feed:
         name, _, address = feed.partition("=")
         param_str = json.dumps(json.dumps({"address": address, "timeout_s": 60}))  # JSON strings are prototxt strings
+        threads_before = set(os.listdir("/proc/self/task"))
         solver = make_solver(DATA_LAYERS["zfeed"] % {"param_str": param_str})
         solvers[name] = (solver, solver.net.layers[0].client)
+        receiving_threads[name] = [int(task) for task in set(os.listdir("/proc/self/task")) - threads_before
+                                   if _thread_name(task).startswith("ZMQbg/IO")]
     for solver, _client in solvers.values():
         solver.step(args.warmup)
     names = list(solvers)
     results = {name: {"ms_per_iteration": [], "cpu_ms_per_iteration": [], "wait_ms_per_iteration": [],
-                      "forward_ms_per_iteration": []} for name in names}
+                      "forward_ms_per_iteration": [], "receive_ms_per_iteration": [], "not_ready": []}
+               for name in names}
+    # A receiving thread refills its prefetch whenever a batch is taken, even during other
+    # solvers' blocks; every prefetch is full before the first round and after the last, so
+    # the thread's CPU time over all the rounds, divided by the batches taken, is its cost per batch.
+    receiving_cpu = {name: sum(map(thread_cpu_s, tids)) for name, tids in receiving_threads.items()}
     for round_number in range(args.rounds):
         shift = round_number % len(names)
         for name in names[shift:] + names[:shift]:
             solver, client = solvers[name]
             waited = client.wait_s if client else 0.0
             layer = solver.net.layers[0]
-            forward_s = getattr(layer, "forward_s", 0.0)
+            before = {key: getattr(layer, key, 0) for key in ("forward_s", "receive_s", "not_ready")}
             start, cpu_start = time.perf_counter(), time.thread_time()
             solver.step(args.iterations)
             seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - cpu_start
-            results[name]["ms_per_iteration"].append(1000 * seconds / args.iterations)
-            results[name]["cpu_ms_per_iteration"].append(1000 * cpu_seconds / args.iterations)
-            results[name]["forward_ms_per_iteration"].append(
-                1000 * (getattr(layer, "forward_s", 0.0) - forward_s) / args.iterations)
-            results[name]["wait_ms_per_iteration"].append(
+            result = results[name]
+            result["ms_per_iteration"].append(1000 * seconds / args.iterations)
+            result["cpu_ms_per_iteration"].append(1000 * cpu_seconds / args.iterations)
+            for key in ("forward", "receive"):
+                result[key + "_ms_per_iteration"].append(
+                    1000 * (getattr(layer, key + "_s", 0.0) - before[key + "_s"]) / args.iterations)
+            result["not_ready"].append(getattr(layer, "not_ready", 0) - before["not_ready"])
+            result["wait_ms_per_iteration"].append(
                 1000 * ((client.wait_s if client else 0.0) - waited) / args.iterations)
         print("round %d: %s" % (round_number + 1, ", ".join("%s %.0f ms" % (n, r["ms_per_iteration"][-1])
                                                             for n, r in results.items())), file=sys.stderr)
-    return {"net": NET_DESCRIPTION, "configs": results}
+    for name, tids in receiving_threads.items():
+        if not tids:
+            continue  # ZeroMQ named no thread ZMQbg/IO*: the table says so rather than show 0
+        results[name]["receiving_thread_cpu_ms_per_batch"] = (
+            1000 * (sum(map(thread_cpu_s, tids)) - receiving_cpu[name]) / (args.rounds * args.iterations))
+    return {"net": NET_DESCRIPTION, "configs": results, "trainer": placement()}
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def thread_cpu_s(tid: int) -> float:
+    """CPU seconds used so far by thread ``tid`` of this process, to the nanosecond.
+
+    Linux gives every thread a CPU clock whose id is made from the thread id
+    (``MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)``); /proc only counts ticks of 10 ms.
+    """
+    spec = _Timespec()
+    if _libc.clock_gettime(ctypes.c_int((~tid << 3) | 6), ctypes.byref(spec)) != 0:
+        raise OSError(ctypes.get_errno(), "clock_gettime of thread %d" % tid)
+    return spec.tv_sec + spec.tv_nsec * 1e-9
+
+
+def _thread_name(task: str) -> str:
+    try:
+        with open("/proc/self/task/%s/comm" % task) as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""  # the thread ended meanwhile
+
+
+def placement() -> dict:
+    """Where this process ran: the CPUs each of its threads may use, and OpenBLAS's thread count."""
+    threads = {}
+    for task in sorted(os.listdir("/proc/self/task"), key=int):
+        try:
+            with open("/proc/self/task/%s/status" % task) as status:
+                cpus = [line.split(":", 1)[1].strip() for line in status if line.startswith("Cpus_allowed_list")]
+        except OSError:
+            continue  # the thread ended meanwhile
+        threads[task] = {"name": _thread_name(task), "cpus": cpus[0]}
+    blas = ctypes.CDLL(caffe._caffe.__file__)  # OpenBLAS is linked into this wheel's _caffe
+    return {"threads": threads, "openblas_threads": blas.openblas_get_num_threads(),
+            "env": {key: os.environ.get(key) for key in BLAS_THREAD_VARIABLES}}
 
 
 def _received(frames) -> wire.Batch:

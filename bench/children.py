@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import AbstractSet, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 TERM_GRACE_S = 3.0
@@ -48,6 +48,18 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _preexec(cpus: Optional[AbstractSet[int]]):
+    """What a child runs between fork and exec: die with this process, pinned to ``cpus`` if given."""
+    if cpus is None:
+        return _die_with_parent
+    pinned = frozenset(cpus)
+
+    def pin_and_die_with_parent() -> None:
+        _die_with_parent()
+        os.sched_setaffinity(0, pinned)
+    return pin_and_die_with_parent
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -65,13 +77,18 @@ class Children:
         self._running: List[subprocess.Popen] = []
         self._logs: Dict[int, Path] = {}
 
-    def start(self, name: str, command: Sequence[str], env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
-        """Start ``command``; its stdout is a pipe, its stderr goes to ``<log_dir>/<name>.log``."""
+    def start(self, name: str, command: Sequence[str], env: Optional[Dict[str, str]] = None,
+              cpus: Optional[AbstractSet[int]] = None) -> subprocess.Popen:
+        """Start ``command``; its stdout is a pipe, its stderr goes to ``<log_dir>/<name>.log``.
+
+        ``cpus``: pin the child to these CPUs before it runs; its threads and
+        the processes it forks (a server's workers) inherit the pinning.
+        """
         log_path = self.log_dir / ("%s.log" % name)
         with open(log_path, "wb") as log:
             process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=log,
                                        stdin=subprocess.DEVNULL, env=env, cwd=str(REPO),
-                                       start_new_session=True, preexec_fn=_die_with_parent)
+                                       start_new_session=True, preexec_fn=_preexec(cpus))
         self._running.append(process)
         self._logs[process.pid] = log_path
         return process

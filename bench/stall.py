@@ -23,7 +23,18 @@ data source, in interleaved rounds (a rotated order each round):
 Every server applies crop 227 (random), mirror and mean values 104,117,123.
 The stall of a configuration is the median over rounds of its time per
 iteration divided by DummyData's in the same round, minus one (target
-<= 3 % when the server keeps up, i.e. when the layer never waited).
+<= 3 % when the server keeps up, i.e. when no batch was late: every batch
+had fully arrived when ``forward()`` asked for it).
+
+All of that runs twice, in two placements, each with its own trainer
+process and servers:
+
+- server on its own core (the deployment zfeed is for, with the servers on
+  other machines): the trainer pinned to one CPU, the servers (supervisor
+  and workers) to another, the trainer's BLAS at one thread, so what the
+  trainer pays is zfeed's work in its own process, not CPU time taken by
+  the servers' decoding;
+- server and trainer sharing the machine's cores, nothing pinned.
 
 The data layer's own ``forward()`` time is measured in place, and the
 Caffe thread's CPU time beside the wall time. Then ``forward-cost``: the
@@ -34,6 +45,7 @@ uint8 against float32 payloads.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import statistics
@@ -41,7 +53,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, FrozenSet, List, Optional, Tuple
 
 import cv2
 import lmdb
@@ -49,7 +61,7 @@ import numpy as np
 
 from bench import dataset, report
 from bench.children import REPO, ChildError, Children, caffe_python, free_port, python_env
-from bench.server_rate import server_command
+from bench.server_rate import child_pids, server_command
 from server.caffe_proto import Datum, image_to_datum
 
 LOG_DIR = dataset.CACHE_DIR / "logs"
@@ -67,8 +79,11 @@ class Plan:
     forward_repeats: int
 
 
-FULL = Plan(rounds=12, iterations=2, warmup=2, forward_repeats=40)
-QUICK = Plan(rounds=2, iterations=2, warmup=1, forward_repeats=10)
+# 4 warm-up iterations: a feed's first batches cost its ZeroMQ receiving thread several
+# times the CPU of later ones (measured here: 5.9 ms per batch over the 4 after the
+# prefetch filled, then 1.1 to 2.2 ms), which would otherwise land in the measured rounds.
+FULL = Plan(rounds=12, iterations=2, warmup=4, forward_repeats=40)
+QUICK = Plan(rounds=2, iterations=2, warmup=4, forward_repeats=10)
 
 
 def raw_lmdb() -> Path:
@@ -136,29 +151,105 @@ def feeds() -> List[tuple]:
             ("zfeed, JPEG LMDB, uint8", jpeg, "auto")]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one trainer process, and the servers feeding it, run (``None``: anywhere)."""
+
+    title: str
+    tag: str
+    trainer_cpus: Optional[FrozenSet[int]]
+    server_cpus: Optional[FrozenSet[int]]
+    trainer_env: Dict[str, str]
+
+
+# With one core to itself, OpenBLAS would size its pool from the pinning: the thread
+# count is set instead, so every solver of the pinned trainer runs the same BLAS.
+ONE_BLAS_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def placements() -> List[Placement]:
+    """The server on a core of its own, then (as before) everything sharing the machine's cores."""
+    shared = Placement("Server and trainer sharing %d cores" % (os.cpu_count() or 0), "shared", None, None, {})
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return [shared]
+    own_core = Placement("Server on its own core: the deployment zfeed is for", "own-core",
+                         frozenset(cpus[:1]), frozenset(cpus[1:2]), ONE_BLAS_THREAD)
+    return [own_core, shared]
+
+
 def run(plan: Plan) -> str:
     head = report.machine_line("zfeed trainer stall (bench/stall.py)")
-    configs = feeds()
+    sections = []
     with Children(LOG_DIR) as children:
-        servers = []
-        command = [caffe_python(), CAFFE_SIDE, "stall", "--rounds", str(plan.rounds),
-                   "--iterations", str(plan.iterations), "--warmup", str(plan.warmup),
-                   "--memory-pixels", str(memory_pixels())]
-        for number, (name, source, wire_format) in enumerate(configs):
-            port = free_port()
-            servers.append((name, children.start("stall-server-%d" % number,
-                                                 server_command(source, port, 1, wire_format), python_env())))
-            command += ["--feed", "%s=tcp://127.0.0.1:%d" % (name, port)]
-        iterations = (plan.warmup + plan.rounds * plan.iterations) * (len(configs) + 3)
-        trainer = children.start("stall-caffe", command, python_env())
-        stall = children.result(trainer, STARTUP_ALLOWANCE_S + iterations * SLOWEST_ITERATION_S)
-        for name, server in servers:
-            children.check_alive(server, "the server of %r" % name)
-            children.stop(server)
+        for placement in placements():
+            print("bench.stall: %s" % placement.title, file=sys.stderr)
+            stall, where = run_placement(children, plan, placement)
+            sections += [stall_table(plan, placement, stall, where), ""]
         cost = children.result(children.start("stall-forward-cost", [caffe_python(), CAFFE_SIDE, "forward-cost",
                                                                      "--repeats", str(plan.forward_repeats)],
                                               python_env()), STARTUP_ALLOWANCE_S + plan.forward_repeats)
-    return "\n".join([head, "", stall_table(plan, stall), "", cost_table(plan, cost)])
+    return "\n".join([head, ""] + sections + [notes(plan, stall), "", cost_table(plan, cost)])
+
+
+def run_placement(children: Children, plan: Plan, placement: Placement) -> Tuple[dict, List[str]]:
+    """One trainer process with every data layer, its servers placed as ``placement`` says.
+
+    Returns the trainer's figures and what ran where, read from /proc while
+    everything still ran.
+    """
+    servers = []
+    command = [caffe_python(), CAFFE_SIDE, "stall", "--rounds", str(plan.rounds),
+               "--iterations", str(plan.iterations), "--warmup", str(plan.warmup),
+               "--memory-pixels", str(memory_pixels())]
+    configs = feeds()
+    for number, (name, source, wire_format) in enumerate(configs):
+        port = free_port()
+        servers.append((name, children.start("stall-%s-server-%d" % (placement.tag, number),
+                                             server_command(source, port, 1, wire_format), python_env(),
+                                             placement.server_cpus)))
+        command += ["--feed", "%s=tcp://127.0.0.1:%d" % (name, port)]
+    iterations = (plan.warmup + plan.rounds * plan.iterations) * (len(configs) + 3)
+    trainer = children.start("stall-%s-caffe" % placement.tag, command, dict(python_env(), **placement.trainer_env),
+                             placement.trainer_cpus)
+    stall = children.result(trainer, STARTUP_ALLOWANCE_S + iterations * SLOWEST_ITERATION_S)
+    where = [trainer_placement(stall["trainer"])]
+    for name, server in servers:
+        children.check_alive(server, "the server of %r" % name)
+        workers = child_pids(server.pid)
+        where.append("server of %s: supervisor on %s, %d worker(s) on %s"
+                     % (name, allowed_cpus(server.pid), len(workers),
+                        ", ".join(allowed_cpus(pid) for pid in workers) or "?"))
+        children.stop(server)
+    return stall, where
+
+
+def allowed_cpus(pid: int) -> str:
+    """The CPUs the threads of ``pid`` may run on ("CPU 1", "CPUs 0-1"), as /proc lists them."""
+    lists = set()
+    for status in Path("/proc/%d/task" % pid).glob("*/status"):
+        try:
+            lists.update(line.split(":", 1)[1].strip() for line in status.read_text().splitlines()
+                         if line.startswith("Cpus_allowed_list"))
+        except OSError:
+            continue  # the thread ended meanwhile
+    return " / ".join(_cpus(text) for text in sorted(lists)) or "?"
+
+
+def _cpus(text: str) -> str:
+    return ("CPU %s" if text.isdigit() else "CPUs %s") % text
+
+
+def trainer_placement(trainer: dict) -> str:
+    threads = list(trainer["threads"].values())
+    by_cpus: Dict[str, int] = {}
+    for thread in threads:
+        by_cpus[thread["cpus"]] = by_cpus.get(thread["cpus"], 0) + 1
+    env = ", ".join("%s=%s" % item for item in trainer["env"].items() if item[1] is not None)
+    return ("trainer (one Caffe process): %d threads (the Caffe thread, BLAS's, ZeroMQ's), %s; "
+            "OpenBLAS threads: %d (%s)"
+            % (len(threads), ", ".join("%d on %s" % (count, _cpus(cpus)) for cpus, count in sorted(by_cpus.items())),
+               trainer["openblas_threads"], env or "OMP_NUM_THREADS and OPENBLAS_NUM_THREADS unset"))
 
 
 def _extra(times: List[float], baseline: List[float]) -> float:
@@ -166,54 +257,84 @@ def _extra(times: List[float], baseline: List[float]) -> float:
     return 100.0 * (report.paired_ratio(times, baseline) - 1.0)
 
 
-def stall_table(plan: Plan, stall: dict) -> str:
+def _extra_cell(times: List[float], baseline: List[float]) -> str:
+    return "%+.1f %% (%+.0f ms)" % (_extra(times, baseline),
+                                    statistics.median(t - b for t, b in zip(times, baseline)))
+
+
+def stall_table(plan: Plan, placement: Placement, stall: dict, where: List[str]) -> str:
     results = stall["configs"]
     baseline = results["DummyData"]["ms_per_iteration"]
     cpu_baseline = results["DummyData"]["cpu_ms_per_iteration"]
     memory_name = [name for name in results if name.startswith("in-memory") and "real" in name][0]
     memory = results[memory_name]["ms_per_iteration"]
     rows = []
+    batches = plan.rounds * plan.iterations
     for name, result in results.items():
         times = result["ms_per_iteration"]
         cpu = result["cpu_ms_per_iteration"]
-        waits = result["wait_ms_per_iteration"]
-        extra = verdict = over_memory = kept_up = cpu_extra = ""
+        extra = verdict = over_memory = forward = receive_share = late_cell = receiving = cpu_extra = ""
         if name != "DummyData":
-            percent = _extra(times, baseline)
-            extra = "%+.1f %% (%+.0f ms)" % (percent, statistics.median(t - b for t, b in zip(times, baseline)))
-            verdict = report.verdict(percent, TARGET_PERCENT, at_most=True)
+            extra = _extra_cell(times, baseline)
             cpu_extra = "%+.1f %%" % _extra(cpu, cpu_baseline)
+            forward = "%.1f" % statistics.median(result["forward_ms_per_iteration"])
         if name.startswith("zfeed"):
-            over_memory = "%+.1f %% (%+.0f ms)" % (_extra(times, memory),
-                                                  statistics.median(t - m for t, m in zip(times, memory)))
-            kept_up = "%.1f ms" % statistics.median(waits) + ("" if max(waits) < 1.0 else " (max %.0f)" % max(waits))
-        forward = "" if name == "DummyData" else "%.1f" % statistics.median(result["forward_ms_per_iteration"])
-        rows.append([name, "%.0f" % statistics.median(times), extra, verdict, over_memory, forward, kept_up,
-                     "%.0f" % statistics.median(cpu), cpu_extra, report.runs(times)])
+            over_memory = _extra_cell(times, memory)
+            late = sum(result["not_ready"])
+            # The target is about a server that keeps up: judged only where no batch was late.
+            verdict = (report.verdict(_extra(times, baseline), TARGET_PERCENT, at_most=True) if late == 0
+                       else "n/a: the layer waited")
+            receive = result["receive_ms_per_iteration"]
+            share = [100.0 * r / t for r, t in zip(receive, times)]
+            forward += " (receive %.1f)" % statistics.median(receive)
+            receive_share = "%.2f %% (max %.2f %%)" % (statistics.median(share), max(share))
+            late_cell = "%d of %d" % (late, batches)
+            receiving = ("%.1f" % result["receiving_thread_cpu_ms_per_batch"]
+                         if "receiving_thread_cpu_ms_per_batch" in result else "not found")
+        rows.append([name, "%.0f" % statistics.median(times), extra, verdict, over_memory, forward, receive_share,
+                     late_cell, receiving, "%.0f" % statistics.median(cpu), cpu_extra, report.runs(times)])
     table = report.markdown_table(["Data layer", "ms per solver iteration (median)", "extra vs DummyData",
-                                   "target", "extra vs in-memory layer, real pixels",
-                                   "data layer forward() ms per iteration", "of which waiting for data",
-                                   "trainer-thread CPU ms per iteration", "CPU extra vs DummyData", "runs (ms)"], rows)
-    notes = [
-        "",
-        "- One Caffe process (CPU, single-threaded as this wheel runs), one SGD solver per data layer, all on "
-        "the same net: %s, batch 64 x 3 x 227 x 227. %d warm-up iterations each, then %d rounds of %d "
-        "iterations per solver in a rotated order; extra: median of the per-round ratios, minus one. "
-        "CPU: the Caffe thread's own CPU time (time.thread_time), which time spent descheduled by other "
-        "processes on this shared machine does not inflate."
-        % (stall["net"], plan.warmup, plan.rounds, plan.iterations),
+                                   "target (judged where no batch was late)",
+                                   "extra vs in-memory layer, real pixels",
+                                   "data layer forward() ms per iteration (of which in receive())",
+                                   "receive() share of the iteration (median, max)",
+                                   "batches late: not there when forward() asked",
+                                   "ZeroMQ receiving thread CPU ms per batch",
+                                   "Caffe-thread CPU ms per iteration", "CPU extra vs DummyData", "runs (ms)"],
+                                  rows)
+    return "\n".join(["### %s" % placement.title, "", table, ""] + ["- %s." % line for line in where])
+
+
+def notes(plan: Plan, stall: dict) -> str:
+    return "\n".join([
+        "- Each placement: one Caffe process (CPU), one SGD solver per data layer, all on the same net: "
+        "%s, batch 64 x 3 x 227 x 227. %d warm-up iterations each, then %d rounds of %d iterations per solver "
+        "in a rotated order; extra: median of the per-round ratios, minus one, so every ratio compares "
+        "solvers of the same trainer process in the same rounds. Caffe-thread CPU: its own CPU time "
+        "(time.thread_time), which time spent descheduled by other processes on this shared machine does "
+        "not inflate." % (stall["net"], plan.warmup, plan.rounds, plan.iterations),
+        "- Server on its own core: the trainer process (its Caffe thread and ZeroMQ's receiving thread) "
+        "pinned to one CPU, every server (supervisor and worker, forked after the pinning) to the other; "
+        "OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1 for the trainer, so all its solvers, DummyData's included, "
+        "run the same single-threaded BLAS. The trainer then pays for what zfeed does in its own process "
+        "(receiving, finishing uint8 into the blob) and for sharing the memory bus and L3 cache with the "
+        "server, not for CPU time the server's decoding takes: the deployment zfeed is built for, with the "
+        "servers on other machines. Sharing: the placement measured before, nothing pinned, OpenBLAS "
+        "sized by its own default.",
         "- In-memory Python layers: %d batches of real 227x227 crops (or zeros) held in the trainer, delivered "
         "by the same `Batch.copy_into` as ZmqDataLayer (uint8 finished into float32), no network, no server: "
         "they separate what real pixel values cost the net (CPU max pooling and ReLU branch on the data) from "
         "what zfeed costs. forward(): wall time inside the data layer's forward() (zfeed: ZmqDataLayer "
-        "subclassed only to add a stopwatch); the rest of the extra is the net itself running slower while "
-        "the servers and ZeroMQ's receiving thread use the other core and the memory bus." % MEMORY_BATCHES,
+        "subclassed only to add stopwatches and a probe); receive(): the part of it in "
+        "`BatchClient.receive()`; a batch is late when it had not fully arrived (the socket had nothing to "
+        "read) as forward() asked for it. ZeroMQ's receiving thread (one per feed, in the trainer process) "
+        "reads the next batch from TCP while the net runs; its CPU time (the thread's own CPU clock) over "
+        "all the rounds, per batch taken." % MEMORY_BATCHES,
         "- Servers: 1 worker each, TRAIN crop 227 + mirror + mean 104,117,123, on 127.0.0.1; the raw LMDB holds "
         "the JPEG LMDB's 512 images decoded once to raw 256x256 Datums, so its server only parses, crops and "
-        "sends. All servers and the trainer share this machine's 2 cores (shared with other test runs: "
-        "preliminary figures). Load average at the end: %s." % report.load_average(),
-    ]
-    return "\n".join([table] + notes)
+        "sends. This machine is shared with other test runs (preliminary figures). Load average at the end: "
+        "%s." % report.load_average(),
+    ])
 
 
 def cost_table(plan: Plan, cost: dict) -> str:
