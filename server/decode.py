@@ -5,14 +5,15 @@ Caffe decodes with OpenCV, so the pixels zfeed serves are OpenCV's. Most
 JPEGs go to simplejpeg instead, about 1.2 times as fast (bench/decoders.py),
 because there the pixels are the same: both wheels decode with the same
 libjpeg-turbo (3.1.2, accurate DCT, fancy upsampling) and OpenCV adds nothing
-of its own. A JPEG goes to simplejpeg only when it is 8-bit, Huffman-coded
-(baseline, extended or progressive), YCbCr or gray, and, for ``color`` and
-``gray``, has no APP1 Exif segment: OpenCV turns those images as their
-orientation tag says (``IMREAD_UNCHANGED`` does not, so ``native`` ignores
-Exif). Everything else goes to OpenCV as before: PNG and other formats,
-CMYK and RGB JPEGs, arithmetic coding, lossless and 12-bit JPEGs, and any
-JPEG that simplejpeg refuses (it raises on what libjpeg only warns about,
-such as truncated data). tests/test_decode.py checks the pixels against
+of its own. A JPEG goes to simplejpeg only when its markers say 8-bit,
+Huffman-coded (baseline, extended or progressive), one or three components
+(gray, YCbCr or RGB) and, for ``color`` and ``gray``, no APP1 Exif segment:
+OpenCV turns those images as their orientation tag says
+(``IMREAD_UNCHANGED`` does not, so ``native`` ignores Exif). Everything else
+goes to OpenCV as before: PNG and other formats, CMYK JPEGs (OpenCV
+converts them itself), arithmetic coding, lossless and 12-bit JPEGs, and
+any JPEG that simplejpeg refuses (it raises on what libjpeg only warns
+about, such as truncated data). tests/test_decode.py checks the pixels against
 ``cv2.imdecode`` over a corpus of every kind, under each colour mode.
 """
 
@@ -46,7 +47,6 @@ _EXIF = b"Exif\x00\x00"
 # gets baseline (C0), extended sequential (C1) and progressive (C2), all Huffman-coded.
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _HUFFMAN_FRAMES = frozenset((0xC0, 0xC1, 0xC2))
-_SIMPLEJPEG_COLORSPACES = frozenset(("YCbCr", "Gray"))
 
 
 def hwc_to_chw(image: np.ndarray) -> np.ndarray:
@@ -62,12 +62,6 @@ def simplejpeg_colorspace(data: bytes, color: str) -> Optional[str]:
     components = _huffman_jpeg_components(data, exif_turns=color != COLOR_NATIVE)
     if components is None:
         return None
-    if components == 3:
-        try:
-            if simplejpeg.decode_jpeg_header(data)[2] not in _SIMPLEJPEG_COLORSPACES:
-                return None  # RGB (Adobe transform 0), as libjpeg reads the markers
-        except ValueError:
-            return None
     if color == COLOR_GRAY or (color == COLOR_NATIVE and components == 1):
         return "GRAY"
     return "BGR"

@@ -1,7 +1,7 @@
 """Decoding gives OpenCV's pixels whichever decoder runs (NOTE [ JPEGs through simplejpeg ]).
 
-The corpus is built here: colour and gray JPEGs from three encoders
-(OpenCV, Pillow, simplejpeg), every chroma subsampling, progressive,
+The corpus is built here: colour (YCbCr and RGB) and gray JPEGs from three
+encoders (OpenCV, Pillow, simplejpeg), every chroma subsampling, progressive,
 restart intervals, odd and tiny sizes, qualities 10 to 100, every Exif
 orientation, CMYK, corrupt and truncated files, patched frame headers
 (lossless, 12-bit) and PNGs. The arithmetic-coded JPEGs in tests/images
@@ -94,6 +94,8 @@ def build_corpus():
         for subsampling in (0, 1, 2):
             corpus["pillow %s subsampling %d" % (size, subsampling)] = pillow(image, subsampling=subsampling), fast
         corpus["pillow progressive " + size] = pillow(image, progressive=True), fast
+        corpus["pillow rgb " + size] = pillow(image, keep_rgb=True), fast  # no YCbCr: RGB components
+        corpus["pillow rgb progressive " + size] = pillow(image, keep_rgb=True, progressive=True), fast
         corpus["pillow cmyk " + size] = pillow(image, mode="CMYK"), slow
         for orientation in range(1, 9):
             corpus["pillow exif %d %s" % (orientation, size)] = pillow(image, exif=exif(orientation)), turned
