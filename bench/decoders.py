@@ -7,7 +7,11 @@ Every decoder decodes the same JPEGs (the encoded Datums of
 OpenCV writes them) into H x W x 3 BGR uint8, in one process on one core
 (OpenCV's thread pool off, as in the server):
 
-- OpenCV ``cv2.imdecode`` (``IMREAD_UNCHANGED``, the server's call in ``server/decode.py``);
+- OpenCV ``cv2.imdecode`` (``IMREAD_UNCHANGED``: Caffe's decoder, and the
+  server's for the JPEGs simplejpeg does not get);
+- the server's own ``decode_image`` (``server/decode.py``): simplejpeg for
+  these JPEGs, after choosing the decoder by their markers
+  (NOTE [ JPEGs through simplejpeg ]);
 - simplejpeg ``decode_jpeg(colorspace="BGR")``, accurate (default) and with
   ``fastdct`` + ``fastupsample``;
 - PyTurboJPEG ``TurboJPEG().decode(pixel_format=TJPF_BGR)``, if its library loads;
@@ -36,10 +40,12 @@ from typing import Callable, Dict, List, Optional
 import cv2
 import lmdb
 import numpy as np
+import simplejpeg
 
 from bench import dataset, report
 from bench.children import REPO, ChildError, Children, caffe_python, python_env
 from server.caffe_proto import Datum
+from server.decode import COLOR_NATIVE, decode_image
 
 LOG_DIR = dataset.CACHE_DIR / "logs"
 CAFFE_DECODE = str(REPO / "bench" / "caffe_decode.py")
@@ -59,17 +65,19 @@ class Decoder:
 def _opencv() -> Decoder:
     build = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
              if line.strip().startswith("JPEG:")]
-    return Decoder("OpenCV cv2.imdecode (the server's)", "opencv-python-headless %s, %s"
+    return Decoder("OpenCV cv2.imdecode", "opencv-python-headless %s, %s"
                    % (cv2.__version__, build[0] if build else "?"),
                    lambda data: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED))
 
 
+def _server() -> Decoder:
+    return Decoder("zfeed decode_image (the server's)", "server/decode.py: simplejpeg %s where it gives OpenCV's "
+                   "pixels, else OpenCV" % simplejpeg.__version__,
+                   lambda data: decode_image(data, COLOR_NATIVE).transpose(1, 2, 0))
+
+
 def _simplejpeg(fast: bool) -> Decoder:
     name = "simplejpeg%s" % (" fastdct+fastupsample" if fast else "")
-    try:
-        import simplejpeg
-    except ImportError as exc:
-        return Decoder(name, "not installed (%s)" % exc, None)
     return Decoder(name, "simplejpeg %s (bundled libjpeg-turbo)" % simplejpeg.__version__,
                    lambda data: simplejpeg.decode_jpeg(data, colorspace="BGR", fastdct=fast, fastupsample=fast))
 
@@ -109,7 +117,7 @@ def _pillow() -> Decoder:
 
 
 def decoders() -> List[Decoder]:
-    return [_opencv(), _simplejpeg(False), _simplejpeg(True), _pyturbojpeg(), _pillow()]
+    return [_opencv(), _server(), _simplejpeg(False), _simplejpeg(True), _pyturbojpeg(), _pillow()]
 
 
 def jpeg_bytes(path) -> List[bytes]:

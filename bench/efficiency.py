@@ -6,8 +6,10 @@
   ``bench.dataset`` (crop 227, mirror, mean values 104,117,123, batch 64,
   the default wire format: uint8 pixels), received by a ``BatchClient`` in
   this process that never reads the pixels (``bench.server_rate``);
-- bare decode: ``cv2.imdecode`` (the server's decoder and flags) of the
-  same JPEG bytes, held in memory, in this process, one core.
+- bare decode: ``server.decode.decode_image``, the server's own decode
+  (the same decoder, chosen by the same rule: simplejpeg for these JPEGs,
+  NOTE [ JPEGs through simplejpeg ]) of the same JPEG bytes, held in
+  memory, in this process, one core.
 
 Rounds alternate the two; efficiency is the median of the per-round ratios
 served / bare decode (target >= 0.85).
@@ -40,12 +42,13 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import cv2
-import numpy as np
+import simplejpeg
 
 from bench import dataset, report
 from bench.children import REPO, ChildError, Children
 from bench.decoders import jpeg_bytes
 from bench.server_rate import ServedStream
+from server.decode import COLOR_NATIVE, decode_image, simplejpeg_colorspace
 
 LOG_DIR = dataset.CACHE_DIR / "logs"
 PROFILE_RAW = dataset.CACHE_DIR / "worker-profile.txt"
@@ -53,8 +56,6 @@ PROFILE_SVG = dataset.CACHE_DIR / "worker.svg"
 TARGET = 0.85
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 PY_SPY_RATE = 200
-
-cv2.setNumThreads(1)
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,26 @@ FULL = Plan(rounds=5, seconds=6.0, warmup_batches=30, profile_s=10.0)
 QUICK = Plan(rounds=1, seconds=3.0, warmup_batches=20, profile_s=4.0)
 
 
+def decoder_name(images: List[bytes]) -> str:
+    """Which decoder ``decode_image`` runs on ``images`` (the server's rule, as the server applies it)."""
+    fast = sum(simplejpeg_colorspace(data, COLOR_NATIVE) is not None for data in images)
+    if fast == len(images):
+        return "simplejpeg"
+    return "OpenCV" if not fast else "simplejpeg for %d, OpenCV for %d" % (fast, len(images) - fast)
+
+
+def decoder_versions() -> str:
+    return "simplejpeg %s, OpenCV %s" % (simplejpeg.__version__, cv2.__version__)
+
+
 def bare_decode(images: List[bytes], seconds: float) -> Dict[str, float]:
-    """``cv2.imdecode`` over ``images`` (as server/decode.py calls it) for ``seconds``:
-    images/s of wall time and per CPU-second of this thread."""
+    """The server's ``decode_image`` over ``images`` (no force_color/force_gray, as the served
+    LMDB) for ``seconds``: images/s of wall time and per CPU-second of this thread."""
     count = 0
     start, cpu_start = time.perf_counter(), time.thread_time()
     while True:
         for data in images:
-            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            decode_image(data, COLOR_NATIVE)
         count += len(images)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
@@ -95,10 +108,14 @@ def served(children: Children, source: str, plan: Plan, name: str) -> Dict[str, 
 # Categories, tried in order on the source line the worker's innermost Python frame was on.
 CATEGORIES: Tuple[Tuple[str, str, str], ...] = (
     # (category, file suffix, text the line contains)
-    ("JPEG decode (cv2.imdecode)", "server/decode.py", "imdecode"),
+    ("JPEG decode (simplejpeg)", "server/decode.py", "simplejpeg.decode_jpeg("),
+    ("JPEG decode (OpenCV)", "server/decode.py", "cv2.imdecode("),
+    ("choosing the decoder, checking the image", "server/decode.py", ""),
     ("LMDB read (txn.get)", "server/sources/datum_db.py", "_txn.get"),
     ("Datum parse (ParseFromString)", "server/sources/datum_db.py", "ParseFromString"),
-    ("crop + mirror copy into the slot", "server/transform.py", "target[...] = source"),
+    ("crop + mirror copy into the slot", "server/transform.py", "cv2.flip("),
+    ("crop + mirror copy into the slot", "server/transform.py", "cv2.split("),
+    ("crop + mirror copy into the slot", "server/transform.py", "target[...] = image"),
     ("waiting for a task (pipe poll)", "server/worker.py", "connection.poll"),
     ("receiving a task (pipe recv, unpickling)", "server/worker.py", "connection.recv"),
     ("answering the supervisor (pipe send)", "server/worker.py", "connection.send"),
@@ -197,6 +214,7 @@ def run(plan: Plan, svg: bool) -> str:
     lmdb = dataset.jpeg_lmdb()
     source = "lmdb:%s" % lmdb
     images = jpeg_bytes(lmdb)
+    decoder = decoder_name(images)
     runs: Dict[str, List[Dict[str, float]]] = {"served": [], "decode": []}
     with Children(LOG_DIR) as children:
         for round_number in range(plan.rounds):
@@ -219,7 +237,7 @@ def run(plan: Plan, svg: bool) -> str:
     efficiency = report.paired_ratio(series("served", "images_s"), series("decode", "images_s"))
     cpu_efficiency = report.paired_ratio(series("served", "images_per_cpu_s"), series("decode", "images_per_cpu_s"))
     rows = []
-    for kind, name in (("decode", "bare decode: cv2.imdecode, 1 process"),
+    for kind, name in (("decode", "bare decode: the server's decode_image (%s), 1 process" % decoder),
                        ("served", "zfeed server, 1 worker → BatchClient")):
         wall, cpu = statistics.median(series(kind, "images_s")), statistics.median(series(kind, "images_per_cpu_s"))
         ratio = "%.2f" % efficiency if kind == "served" else ""
@@ -233,10 +251,11 @@ def run(plan: Plan, svg: bool) -> str:
     notes = [
         "",
         "- %d rounds; served: %d warm-up batches, then %.0f s of batches; bare decode: %.0f s over the same "
-        "%d JPEGs (256x256, q90) held in memory. Efficiency: median of the per-round ratios of images/s. "
+        "%d JPEGs (256x256, q90) held in memory, decoded by the server's own decode_image: %s (%s), as the "
+        "worker decodes them. Efficiency: median of the per-round ratios of images/s. "
         "CPU efficiency: the same with images per CPU-second (the worker's utime + stime from /proc; "
         "the decode thread's time), which a shared machine disturbs less."
-        % (plan.rounds, plan.warmup_batches, plan.seconds, plan.seconds, len(images)),
+        % (plan.rounds, plan.warmup_batches, plan.seconds, plan.seconds, len(images), decoder, decoder_versions()),
         "- Transform: TRAIN, crop 227, mirror, mean values 104,117,123, batch 64, uint8 pixels on the wire. "
         "The worker has one core; the supervisor, ZeroMQ and the client share the other with "
         "whatever else runs (the machine is shared: preliminary figures). Load average at the end: %s."

@@ -1,4 +1,4 @@
-"""What one batch holds, and how one sample is written into its row.
+"""What one batch holds, and how a task's samples are written into their rows.
 
 The layout is fixed at start-up from the first sample: every array the
 source yields becomes a float32 batch array (Caffe's blobs are float), named
@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from server.transform import (TransformParams, choose_crop, crop_into, finish_on_trainer, output_shape,
+from server.transform import (Crops, TransformParams, choose_crops, crop_into, finish_on_trainer, output_shape,
                               trainer_arithmetic, transform_into)
 
 TRANSFORMED = "data"
@@ -69,35 +69,96 @@ class BatchLayout:
         """(name, dtype, batch shape) of every array, in order."""
         return [(a.name, a.dtype, (batch_size,) + a.sample_shape) for a in self.arrays]
 
-    def write_sample(self, sample: Dict[str, np.ndarray], draw: np.ndarray,
-                     batch: Dict[str, np.ndarray], row: int) -> None:
-        """Write ``sample`` into row ``row`` of ``batch``; ValueError if it does not fit."""
-        if len(sample) != len(self.arrays):
-            raise ValueError("it has arrays %s, the batch %s"
-                             % (sorted(sample), sorted(a.name for a in self.arrays)))
-        for array in self.arrays:
-            value = sample.get(array.name)
-            if value is None:
-                raise ValueError("it has no %r array" % array.name)
-            if self.transform is not None and array.name == TRANSFORMED:
-                self._write_transformed(value, draw, batch[array.name][row])
-            elif np.shape(value) != array.sample_shape:
-                raise ValueError("its %r is %s, the batch holds %s"
-                                 % (array.name, np.shape(value), array.sample_shape))
-            else:
-                batch[array.name][row] = value
 
-    def _write_transformed(self, image: np.ndarray, draw: np.ndarray, target: np.ndarray) -> None:
+# How RowWriter writes each array of a sample.
+_IMAGE, _SCALAR, _ROW = "image", "scalar", "row"
+
+
+class RowWriter:
+    """Writes the samples of one task into their rows of ``batch``.
+
+    ``write(position, row, sample)`` writes the task's sample number ``position``
+    (its row of ``draws``) into batch row ``row``. It checks the sample against
+    the layout first, so a sample that does not fit is refused alone
+    (ValueError) and writes nothing that ``finish`` would keep. The crops of
+    the whole task are chosen at once per image size (``choose_crops``).
+    Arrays of scalar shape (labels) are gathered, and ``finish`` writes each
+    of them in one assignment; every value is cast on its own, as a row
+    assignment casts it.
+    """
+
+    def __init__(self, layout: BatchLayout, batch: Dict[str, np.ndarray], draws: np.ndarray):
+        self.layout = layout
+        self.batch = batch
+        self.draws = draws
+        self._kinds = [(a.name, _kind(layout, a), a.sample_shape) for a in layout.arrays]
+        self._scalars: Dict[str, list] = {name: [] for name, kind, _ in self._kinds if kind == _SCALAR}
+        self._rows: List[int] = []
+        self._crops: Dict[Tuple[int, int], Crops] = {}
+        self._flip_buffer = _flip_buffer(layout)
+
+    def write(self, position: int, row: int, sample: Dict[str, np.ndarray]) -> None:
+        """Write ``sample`` into row ``row``; ValueError if it does not fit."""
+        if len(sample) != len(self._kinds):
+            raise ValueError("it has arrays %s, the batch %s"
+                             % (sorted(sample), sorted(name for name, _, _ in self._kinds)))
+        scalars = []
+        for name, kind, shape in self._kinds:
+            value = sample.get(name)
+            if value is None:
+                raise ValueError("it has no %r array" % name)
+            if kind == _IMAGE:
+                self._write_image(position, value, self.batch[name][row])
+            elif np.shape(value) != shape:
+                raise ValueError("its %r is %s, the batch holds %s" % (name, np.shape(value), shape))
+            elif kind == _SCALAR:
+                scalars.append(value)
+            else:
+                self.batch[name][row] = value
+        self._rows.append(row)
+        for values, value in zip(self._scalars.values(), scalars):
+            values.append(value)
+
+    def finish(self) -> None:
+        """Write the gathered arrays of scalar shape into the rows written."""
+        rows = np.array(self._rows, dtype=np.int64)
+        for name, values in self._scalars.items():
+            target = self.batch[name]
+            target[rows] = np.array(values, dtype=target.dtype)
+
+    def _write_image(self, position: int, image: np.ndarray, target: np.ndarray) -> None:
         if image.ndim != 3 or image.shape[0] != target.shape[0]:
             raise ValueError("it has %s channels, the batch %d"
                              % (image.shape[0] if image.ndim == 3 else "no", target.shape[0]))
-        choice = choose_crop(self.transform, image.shape[1], image.shape[2], draw)
-        if (choice.height, choice.width) != target.shape[1:]:
+        crops = self._crops_for(image.shape[1], image.shape[2])
+        if (crops.height, crops.width) != target.shape[1:]:
             raise ValueError("it is %dx%d, the batch holds %dx%d images (set a crop size or resize)"
                              % (image.shape[1], image.shape[2], target.shape[1], target.shape[2]))
-        if self.pixels_on_wire:
+        h_off, w_off, mirror = crops.h_offs[position], crops.w_offs[position], crops.mirrors[position]
+        if self.layout.pixels_on_wire:
             if image.dtype != np.uint8:
                 raise ValueError("it has %s pixels; this stream sends uint8 pixels" % image.dtype)
-            crop_into(image, choice, target)
+            crop_into(image, h_off, w_off, mirror, target, self._flip_buffer)
         else:
-            transform_into(image, self.transform, choice, target)
+            transform_into(image, self.layout.transform, h_off, w_off, mirror, target)
+
+    def _crops_for(self, height: int, width: int) -> Crops:
+        """The task's crops for images of this size, chosen once (ValueError if the crop does not fit)."""
+        crops = self._crops.get((height, width))
+        if crops is None:
+            crops = self._crops[height, width] = choose_crops(self.layout.transform, height, width, self.draws)
+        return crops
+
+
+def _flip_buffer(layout: BatchLayout) -> Optional[np.ndarray]:
+    """Where ``crop_into`` mirrors this layout's uint8 pixels on their way into the batch."""
+    if not (layout.pixels_on_wire and layout.transform.mirror):
+        return None
+    channels, height, width = next(a.sample_shape for a in layout.arrays if a.name == TRANSFORMED)
+    return np.empty((height, width, channels), np.uint8)
+
+
+def _kind(layout: BatchLayout, array: ArrayLayout) -> str:
+    if layout.transform is not None and array.name == TRANSFORMED:
+        return _IMAGE
+    return _SCALAR if array.sample_shape == () else _ROW

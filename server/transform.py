@@ -16,8 +16,9 @@ mean subtracted before scaling, as Caffe's ``Dtype`` float does it.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -42,40 +43,48 @@ class TransformParams:
         return self.mean is not None and self.mean.shape[1:] != (1, 1)
 
 
-@dataclass(frozen=True)
-class CropChoice:
-    """Where to crop and whether to mirror one sample."""
-
-    h_off: int
-    w_off: int
-    height: int
-    width: int
-    mirror: bool
-
-
 # One draw per sample: three uniforms in [0, 1) for the mirror coin, h_off and w_off.
 DRAWS_PER_SAMPLE = 3
 
 
-def choose_crop(params: TransformParams, height: int, width: int, draw: np.ndarray) -> CropChoice:
-    """Crop window and mirror flag for an image of ``height`` x ``width``.
+@dataclass(frozen=True)
+class Crops:
+    """Where to crop and whether to mirror each sample of a task, for images of one size:
+    sample i is cropped to ``height`` x ``width`` at ``(h_offs[i], w_offs[i])`` and mirrored
+    when ``mirrors[i]``. Plain Python lists: the per-sample loop indexes them cheaply."""
 
-    ``draw`` holds ``DRAWS_PER_SAMPLE`` uniforms in [0, 1). Raises ValueError
-    when the crop does not fit the image.
+    height: int
+    width: int
+    h_offs: List[int]
+    w_offs: List[int]
+    mirrors: List[bool]
+
+
+def choose_crops(params: TransformParams, height: int, width: int, draws: np.ndarray) -> Crops:
+    """Crop windows and mirror flags of images of ``height`` x ``width``, one per row of ``draws``.
+
+    ``draws`` holds ``DRAWS_PER_SAMPLE`` uniforms in [0, 1) per sample. Raises
+    ValueError when the crop does not fit the image.
     """
-    mirror = bool(params.mirror and draw[0] < 0.5)
+    count = len(draws)
+    mirrors = (draws[:, 0] < 0.5).tolist() if params.mirror else [False] * count
     crop = params.crop_size
     if not crop:
-        return CropChoice(0, 0, height, width, mirror)
+        return Crops(height, width, [0] * count, [0] * count, mirrors)
     if crop > height or crop > width:
         raise ValueError("crop_size %d is larger than the %dx%d image" % (crop, height, width))
     if params.phase == TRAIN:
-        h_off = min(int(draw[1] * (height - crop + 1)), height - crop)
-        w_off = min(int(draw[2] * (width - crop + 1)), width - crop)
+        h_offs = _random_offsets(draws[:, 1], height - crop)
+        w_offs = _random_offsets(draws[:, 2], width - crop)
     else:
-        h_off = (height - crop) // 2
-        w_off = (width - crop) // 2
-    return CropChoice(h_off, w_off, crop, crop, mirror)
+        h_offs = [(height - crop) // 2] * count
+        w_offs = [(width - crop) // 2] * count
+    return Crops(crop, crop, h_offs, w_offs, mirrors)
+
+
+def _random_offsets(uniforms: np.ndarray, largest: int) -> List[int]:
+    """Offsets in 0..largest, uniform: the truncation of u * (largest + 1), as int() truncates."""
+    return np.minimum((uniforms * (largest + 1)).astype(np.int64), largest).tolist()
 
 
 def output_shape(params: TransformParams, channels: int, height: int, width: int) -> Tuple[int, int, int]:
@@ -84,19 +93,26 @@ def output_shape(params: TransformParams, channels: int, height: int, width: int
     return channels, height, width
 
 
-def crop_into(image: np.ndarray, choice: CropChoice, out: np.ndarray) -> None:
-    """Write the crop (mirrored when chosen) of ``image`` into ``out``, no arithmetic.
+def crop_into(image: np.ndarray, h_off: int, w_off: int, mirror: bool, out: np.ndarray,
+              flip_buffer: Optional[np.ndarray] = None) -> None:
+    """Write the crop of ``image`` at (``h_off``, ``w_off``) the size of ``out``, mirrored when
+    ``mirror``, into ``out``, no arithmetic.
+
+    ``flip_buffer``, an H x W x C uint8 array the shape of ``out``'s pixels,
+    is where a decoded image's mirrored crop is put on its way: reusing one
+    buffer, still in the cache, is cheaper than a new array every time.
 
     With ``finish_on_trainer``, this is the server's half of the transform:
     the pixels travel as they are and the trainer computes
     ``(x - mean) * scale`` (client_layer/wire.py), bit for bit as
     ``transform_into`` would.
     """
-    rows = slice(choice.h_off, choice.h_off + choice.height)
-    columns = slice(choice.w_off, choice.w_off + choice.width)
-    if _interleaved_uint8(image) and out.flags.c_contiguous and _split_into(image, rows, columns, choice, out):
+    rows = slice(h_off, h_off + out.shape[1])
+    columns = slice(w_off, w_off + out.shape[2])
+    if (_interleaved_uint8(image) and out.flags.c_contiguous
+            and _split_into(image, rows, columns, mirror, out, flip_buffer)):
         return
-    target = out[:, :, ::-1] if choice.mirror else out
+    target = out[:, :, ::-1] if mirror else out
     target[...] = image[:, rows, columns]
 
 
@@ -105,16 +121,17 @@ def _interleaved_uint8(image: np.ndarray) -> bool:
     return image.dtype == np.uint8 and image.ndim == 3 and 1 < image.shape[0] <= 4 and image.strides[0] == 1
 
 
-def _split_into(image: np.ndarray, rows: slice, columns: slice, choice: CropChoice, out: np.ndarray) -> bool:
+def _split_into(image: np.ndarray, rows: slice, columns: slice, mirror: bool, out: np.ndarray,
+                flip_buffer: Optional[np.ndarray]) -> bool:
     """OpenCV's flip and split, writing each channel plane of ``out`` in place: a quarter of
     numpy's time for the strided copy. False (nothing promised) if OpenCV did not write in place."""
     pixels = image.transpose(1, 2, 0)[rows, columns]
-    if choice.mirror:
-        pixels = cv2.flip(pixels, 1)
+    if mirror:
+        pixels = cv2.flip(pixels, 1, flip_buffer)  # OpenCV allocates if it is None or does not fit
     planes = list(out)
     # OpenCV hands back the very arrays it was given when it wrote into them; comparing
     # identities costs well under a microsecond, data pointers (ctypes) about ten.
-    return all(written is plane for written, plane in zip(cv2.split(pixels, planes), planes))
+    return all(map(operator.is_, cv2.split(pixels, planes), planes))
 
 
 def finish_on_trainer(params: TransformParams, image_dtype: np.dtype) -> bool:
@@ -129,16 +146,17 @@ def trainer_arithmetic(params: TransformParams) -> dict:
     return {"mean": mean, "scale": float(np.float32(params.scale))}
 
 
-def transform_into(image: np.ndarray, params: TransformParams, choice: CropChoice,
+def transform_into(image: np.ndarray, params: TransformParams, h_off: int, w_off: int, mirror: bool,
                    out: np.ndarray) -> None:
-    """Write the transformed ``image`` (C x H x W) into ``out`` (C x crop_h x crop_w, float).
+    """Write the transformed crop of ``image`` (C x H x W) at (``h_off``, ``w_off``), mirrored
+    when ``mirror``, into ``out`` (C x crop_h x crop_w, float).
 
     ``out`` may be a view into a larger batch buffer; it is written once.
     """
-    c0, c1 = choice.h_off, choice.h_off + choice.height
-    r0, r1 = choice.w_off, choice.w_off + choice.width
+    c0, c1 = h_off, h_off + out.shape[1]
+    r0, r1 = w_off, w_off + out.shape[2]
     source = image[:, c0:c1, r0:r1]
-    target = out[:, :, ::-1] if choice.mirror else out
+    target = out[:, :, ::-1] if mirror else out
     if params.mean is None:
         np.multiply(source, np.float32(params.scale), out=target, dtype=np.float32, casting="unsafe")
         return

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 from client_layer import wire
 from server.assembly import PackedLengths, PackTask, RowTask, Task
 from server.batch_buffer import BatchSlots
-from server.batch_layout import BatchLayout
+from server.batch_layout import BatchLayout, RowWriter
 
 PARENT_CHECK_S = 0.5
 IDLE = -1
@@ -60,15 +60,16 @@ def _die_with_parent() -> None:
 
 def fill_rows(setup: WorkerSetup, task: RowTask) -> Dict[int, str]:
     """Write the samples of ``task`` into their rows; returns {row: reason} for bad ones."""
-    batch = setup.slots.arrays(task.slot)
-    source, layout, progress, cell = setup.source, setup.layout, setup.progress, setup.worker_id
+    writer = RowWriter(setup.layout, setup.slots.arrays(task.slot), task.draws)
+    source, write, progress, cell = setup.source, writer.write, setup.progress, setup.worker_id
     bad_rows = {}
-    for row, index, draw in zip(task.rows.tolist(), task.indices.tolist(), task.draws):
+    for position, (row, index) in enumerate(zip(task.rows.tolist(), task.indices.tolist())):
         progress[cell] = index
         try:
-            layout.write_sample(source.read(index), draw, batch, row)
+            write(position, row, source.read(index))
         except Exception as exc:  # any failure of one sample is that sample's, reported by name
             bad_rows[row] = "%s: %s" % (source.describe(index), exc)
+    writer.finish()
     progress[cell] = IDLE
     return bad_rows
 

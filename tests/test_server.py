@@ -13,7 +13,7 @@ from client_layer import BatchClient, NoDataError, wire
 from datasets import corrupt_records, random_images, smooth_images, write_image_list, write_lmdb, write_npz
 from processes import ServerProcess, alive, child_pids, free_port, run_server
 from server.plan import EpochPlan
-from server.transform import TransformParams, choose_crop, transform_into
+from server.transform import TransformParams, choose_crops, transform_into
 
 N = 30
 
@@ -45,9 +45,9 @@ def expected_batch(images, labels, params, plan, seq):
     data = []
     for index, draw in zip(batch.indices, batch.draws):
         image = images[index]
-        choice = choose_crop(params, image.shape[1], image.shape[2], draw)
-        out = np.empty((image.shape[0], choice.height, choice.width), np.float32)
-        transform_into(image, params, choice, out)
+        crops = choose_crops(params, image.shape[1], image.shape[2], draw[np.newaxis])
+        out = np.empty((image.shape[0], crops.height, crops.width), np.float32)
+        transform_into(image, params, crops.h_offs[0], crops.w_offs[0], crops.mirrors[0], out)
         data.append(out)
     return np.stack(data), np.asarray(labels, np.float32)[batch.indices]
 
@@ -78,7 +78,7 @@ def test_batches_are_caffe_transforms_of_the_planned_samples(tmp_path, images, l
     for seq, indices, epochs, data, label in batches:
         want_data, want_label = expected_batch(images, labels, params, plan, seq)
         assert np.array_equal(data, want_data) and np.array_equal(label, want_label)
-        mirrored += sum(choose_crop(params, 12, 14, d).mirror for d in plan.batch(seq).draws)
+        mirrored += sum(choose_crops(params, 12, 14, plan.batch(seq).draws).mirrors)
     assert 0 < mirrored < 40  # the stream really mixes flipped and unflipped samples
     assert data.shape == (8, 3, 10, 10) and data.dtype == np.float32 and label.shape == (8,)
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.transform import TEST, TRAIN, CropChoice, TransformParams, choose_crop, transform_into
+from server.transform import TEST, TRAIN, TransformParams, choose_crops, crop_into, transform_into
 
 
 def caffe_reference(image, crop_size, mirror_flag, h_off, w_off, mean_file, mean_values, scale):
@@ -35,10 +35,15 @@ def caffe_reference(image, crop_size, mirror_flag, h_off, w_off, mean_file, mean
     return out.reshape(channels, height, width)
 
 
-def run_transform(params, image, choice):
-    out = np.full((image.shape[0], choice.height, choice.width), np.nan, np.float32)
-    transform_into(image, params, choice, out)
+def run_transform(params, image, crops, position=0):
+    out = np.full((image.shape[0], crops.height, crops.width), np.nan, np.float32)
+    transform_into(image, params, crops.h_offs[position], crops.w_offs[position], crops.mirrors[position], out)
     return out
+
+
+def choose_crop(params, height, width, draw):
+    """The crops of one sample."""
+    return choose_crops(params, height, width, np.array([draw], np.float64))
 
 
 @pytest.fixture
@@ -56,56 +61,73 @@ def test_matches_caffe_loop_bit_for_bit(image, mirror, mean_kind, scale):
     mean = mean_file if mean_file is not None else (
         mean_values.reshape(3, 1, 1) if mean_values is not None else None)
     params = TransformParams(phase=TRAIN, crop_size=5, mirror=True, scale=scale, mean=mean)
-    choice = CropChoice(h_off=1, w_off=3, height=5, width=5, mirror=mirror)
+    out = np.full((3, 5, 5), np.nan, np.float32)
+    transform_into(image, params, 1, 3, mirror, out)
     expected = caffe_reference(image, 5, mirror, 1, 3, mean_file, mean_values, scale)
-    assert np.array_equal(run_transform(params, image, choice), expected)
+    assert np.array_equal(out, expected)
 
 
 def test_no_crop_keeps_the_whole_image(image):
     params = TransformParams(scale=0.5)
-    choice = choose_crop(params, 7, 9, np.array([0.9, 0.9, 0.9]))
-    assert (choice.h_off, choice.w_off, choice.height, choice.width) == (0, 0, 7, 9)
-    assert np.array_equal(run_transform(params, image, choice), image.astype(np.float32) * np.float32(0.5))
+    crops = choose_crop(params, 7, 9, [0.9, 0.9, 0.9])
+    assert (crops.h_offs, crops.w_offs, crops.height, crops.width) == ([0], [0], 7, 9)
+    assert np.array_equal(run_transform(params, image, crops), image.astype(np.float32) * np.float32(0.5))
 
 
 def test_float_images_transform_like_float_data():
     image = np.random.default_rng(3).normal(size=(2, 6, 6)).astype(np.float32)
     params = TransformParams(phase=TEST, crop_size=4, mean=np.array([0.5, -1.0], np.float32).reshape(2, 1, 1),
                              scale=3.0)
-    choice = choose_crop(params, 6, 6, np.zeros(3))
+    crops = choose_crop(params, 6, 6, [0.0, 0.0, 0.0])
     expected = caffe_reference(image, 4, False, 1, 1, None, [0.5, -1.0], 3.0)
-    assert np.array_equal(run_transform(params, image, choice), expected)
+    assert np.array_equal(run_transform(params, image, crops), expected)
 
 
 def test_test_phase_crops_the_centre_whatever_the_draw():
     params = TransformParams(phase=TEST, crop_size=4)
     for draw in ([0.0, 0.0, 0.0], [0.99, 0.99, 0.99], [0.3, 0.6, 0.1]):
-        choice = choose_crop(params, 9, 12, np.array(draw))
-        assert (choice.h_off, choice.w_off) == ((9 - 4) // 2, (12 - 4) // 2)
-        assert not choice.mirror
+        crops = choose_crop(params, 9, 12, draw)
+        assert (crops.h_offs, crops.w_offs) == ([(9 - 4) // 2], [(12 - 4) // 2])
+        assert crops.mirrors == [False]
 
 
 def test_mirror_coin_is_tossed_in_test_phase_too():
     params = TransformParams(phase=TEST, crop_size=4, mirror=True)
-    assert choose_crop(params, 8, 8, np.array([0.2, 0.0, 0.0])).mirror
-    assert not choose_crop(params, 8, 8, np.array([0.7, 0.0, 0.0])).mirror
+    assert choose_crops(params, 8, 8, np.array([[0.2, 0.0, 0.0], [0.7, 0.0, 0.0]])).mirrors == [True, False]
 
 
 def test_train_offsets_cover_every_position_uniformly():
     params = TransformParams(phase=TRAIN, crop_size=5, mirror=True)
     draws = np.random.default_rng(4).random((30000, 3))
-    choices = [choose_crop(params, 8, 11, d) for d in draws]
-    h_counts = np.bincount([c.h_off for c in choices], minlength=4)
-    w_counts = np.bincount([c.w_off for c in choices], minlength=7)
+    crops = choose_crops(params, 8, 11, draws)
+    h_counts = np.bincount(crops.h_offs, minlength=4)
+    w_counts = np.bincount(crops.w_offs, minlength=7)
     assert len(h_counts) == 4 and len(w_counts) == 7  # never outside [0, size - crop]
-    assert np.all(np.abs(h_counts / len(choices) - 1 / 4) < 0.02)
-    assert np.all(np.abs(w_counts / len(choices) - 1 / 7) < 0.02)
-    assert abs(np.mean([c.mirror for c in choices]) - 0.5) < 0.02
+    assert np.all(np.abs(h_counts / len(draws) - 1 / 4) < 0.02)
+    assert np.all(np.abs(w_counts / len(draws) - 1 / 7) < 0.02)
+    assert abs(np.mean(crops.mirrors) - 0.5) < 0.02
+
+
+def test_task_crops_are_each_samples_own_choice():
+    """A task's crops, chosen at once, are what each draw alone gives: Caffe's
+    ``Rand(n)`` as the truncation of u * n, with draws at the edges of [0, 1)."""
+    params = TransformParams(phase=TRAIN, crop_size=5, mirror=True)
+    edges = [0.0, 0.5, np.nextafter(0.5, 0.0), np.nextafter(1.0, 0.0), 1 / 3, 2 / 3, 0.25, 0.75]
+    draws = np.concatenate([np.array([[u, v, w] for u in edges for v in edges for w in edges[:3]]),
+                            np.random.default_rng(6).random((500, 3))])
+    crops = choose_crops(params, 8, 11, draws)
+    for position, draw in enumerate(draws):
+        h_off, w_off = min(int(draw[1] * 4), 3), min(int(draw[2] * 7), 6)
+        assert (crops.h_offs[position], crops.w_offs[position]) == (h_off, w_off)
+        assert crops.mirrors[position] == (draw[0] < 0.5)
+        one = choose_crop(params, 8, 11, draw)
+        assert (one.h_offs, one.w_offs, one.mirrors) == ([h_off], [w_off], [draw[0] < 0.5])
+    assert all(type(value) is int for value in crops.h_offs + crops.w_offs)
 
 
 def test_crop_larger_than_image_is_refused():
     with pytest.raises(ValueError, match="crop_size 10 is larger than the 8x12 image"):
-        choose_crop(TransformParams(crop_size=10), 8, 12, np.zeros(3))
+        choose_crop(TransformParams(crop_size=10), 8, 12, [0.0, 0.0, 0.0])
 
 
 @settings(max_examples=60, deadline=None)
@@ -120,23 +142,21 @@ def test_any_shape_matches_the_caffe_loop(channels, height, width, crop, mirror,
     mean_file = rng.uniform(0, 255, image.shape).astype(np.float32)
     params = TransformParams(phase=TRAIN if train else TEST, crop_size=crop, mirror=mirror,
                              scale=0.25, mean=mean_file)
-    choice = choose_crop(params, height, width, np.array(draw))
-    expected = caffe_reference(image, crop, choice.mirror, choice.h_off, choice.w_off, mean_file, None, 0.25)
-    assert np.array_equal(run_transform(params, image, choice), expected)
+    crops = choose_crop(params, height, width, draw)
+    expected = caffe_reference(image, crop, crops.mirrors[0], crops.h_offs[0], crops.w_offs[0], mean_file, None, 0.25)
+    assert np.array_equal(run_transform(params, image, crops), expected)
 
 
 @pytest.mark.parametrize("channels", [3, 4])
 @pytest.mark.parametrize("mirror", [False, True])
 def test_crop_into_is_the_same_for_decoded_and_planar_images(channels, mirror):
-    from server.transform import crop_into
     hwc = np.random.default_rng(5).integers(0, 256, (9, 11, channels), dtype=np.uint8)
     decoded = hwc.transpose(2, 0, 1)  # how decode_image hands images over: channels interleaved
     planar = np.ascontiguousarray(decoded)  # how raw Datums arrive
-    choice = CropChoice(h_off=2, w_off=3, height=6, width=7, mirror=mirror)
     outputs = []
     for image in (decoded, planar):
         out = np.zeros((channels, 6, 7), np.uint8)
-        crop_into(image, choice, out)
+        crop_into(image, 2, 3, mirror, out)
         outputs.append(out)
     expected = planar[:, 2:8, 3:10][:, :, ::-1] if mirror else planar[:, 2:8, 3:10]
     assert np.array_equal(outputs[0], expected) and np.array_equal(outputs[1], expected)
