@@ -180,12 +180,12 @@ def run(plan: Plan) -> str:
         "",
         link_table(size, measured),
         "",
-        "- Computed from the figures above, not measured through a shaped link: what the link carries is its "
-        "line rate over the bytes of a batch; compressing costs the server (spread over its workers, each "
-        "compressing the batch it filled) and decompressing costs the trainer, per batch, as in the codec "
-        "table. Compression pays only where the link, not the server, is the bound: a loader worker here "
-        "makes about 36 batches/s (2300 images/s, bench/efficiency.py and bench/plot.py), so uncompressed "
-        "uint8 fills 1 Gbit/s with any number of workers and 10 Gbit/s from about 4 workers on.",
+        "- Computed from the figures above, not measured through a shaped link (bench/multihost.py measures "
+        "the server's --compress through tc-shaped links): what the link carries is its line rate over the "
+        "bytes of a batch; compressing costs the server (spread over its workers, each compressing a batch "
+        "it filled) and decompressing costs the trainer, per batch, as in the codec table. Compression pays "
+        "only where the link, not the server, is the bound: compare the batches/s a link carries with what "
+        "the server's workers make (bench/efficiency.py, bench/plot.py).",
         "- The machine is shared with other test runs: preliminary figures. Load average at the end: %s."
         % report.load_average(),
     ]
