@@ -2,11 +2,11 @@
 
 import signal
 import time
+import urllib.request
 from collections import Counter
 
 import numpy as np
 import pytest
-
 import zmq
 
 from client_layer import BatchClient, NoDataError, wire
@@ -300,8 +300,9 @@ def test_compressed_batches_are_smaller_and_decode_to_the_same_bytes(tmp_path, c
     common = ["--batch-size", "4", "--phase", "test", "--workers", "2", "--crop-size", "32",
               "--mean-value", "104,117,123", "--scale", "0.5"]
     plain, _, _ = serve_and_collect(tmp_path, source, common, batches=6, name="plain")
-    port = free_port()
-    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--compress", compress, *common]
+    port, metrics_port = free_port(), free_port()
+    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--compress", compress,
+            "--metrics-port", str(metrics_port), *common]
     context = zmq.Context()
     with ServerProcess(args, tmp_path / "compressed.log") as server:
         socket = context.socket(zmq.PULL)
@@ -313,8 +314,13 @@ def test_compressed_batches_are_smaller_and_decode_to_the_same_bytes(tmp_path, c
         finally:
             socket.close()
             context.term()
+        metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % metrics_port, timeout=10).read().decode()
         assert server.stop() == 0, server.log
     raw_bytes = 4 * 3 * 32 * 32
+    sent = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            if line.startswith(("zfeed_bytes_sent_total{", "zfeed_batches_sent_total{"))}
+    # The metric counts bytes on the wire: five batches in six shrink, the noisy one does not.
+    assert 0 < sent["zfeed_bytes_sent_total"] < 0.8 * sent["zfeed_batches_sent_total"] * (raw_bytes + 4 * 4)
     sizes = [len(message[1]) for message in messages]
     assert all(size < raw_bytes * 0.7 for size in sizes[:5]) and sizes[5] == raw_bytes, sizes
     for message, expected in zip(messages, plain):
