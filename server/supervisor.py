@@ -45,7 +45,7 @@ from typing import Deque, List, Optional
 import zmq
 
 from client_layer import wire
-from server.assembly import MAX_CRASHES, BatchAssembly, PackTask, Task
+from server.assembly import MAX_CRASHES, BatchAssembly, PackedLengths, PackTask, Task
 from server.batch_buffer import BatchSlots, slot_bytes_for
 from server.config import ConfigError, PreparedData, ServerConfig
 from server.curve import CurveServer
@@ -198,7 +198,8 @@ class DataServer:
                 self.metrics.samples.inc(self.config.batch_size)
                 self.metrics.bytes.inc(wire_bytes)
 
-    def _wire_bytes(self, packed_lengths) -> int:
+    def _wire_bytes(self, packed_lengths: Optional[PackedLengths]) -> int:
+        """Bytes of a batch's arrays on the wire: compressed frames count as sent."""
         if packed_lengths is None:
             return self.batch_bytes
         return sum(sum(lengths) for lengths in packed_lengths.values())
