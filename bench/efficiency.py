@@ -11,7 +11,12 @@
   NOTE [ JPEGs through simplejpeg ]) of the same JPEG bytes, held in
   memory, in this process, one core.
 
-Rounds alternate the two; efficiency is the median of the per-round ratios
+- served, worker on its own core: the same server with its worker pinned
+  to CPU 0, and its supervisor, this process's client and their ZeroMQ
+  threads pinned to CPU 1, so that nothing preempts the worker: the worker's
+  own rate, as on a server machine with a core per worker.
+
+Rounds alternate the three; efficiency is the median of the per-round ratios
 served / bare decode (target >= 0.85).
 
 Then the worker is profiled: one more server run, sampled by py-spy
@@ -23,14 +28,17 @@ read, Datum parse, crop/mirror copy, waiting for work, answering the
 supervisor, other Python), and each category is given in microseconds per
 image.
 
-On this 2-core machine the worker has one core; the supervisor, ZeroMQ and
-the receiving client share the other with everything else running.
+Unpinned, on this 2-core machine, the worker has about one core; the
+supervisor, ZeroMQ and the receiving client (TCP at about 450 MB/s) share
+the other, and the scheduler moves them onto the worker's when that one is
+busy.
 """
 
 from __future__ import annotations
 
 import argparse
 import linecache
+import os
 import signal
 import statistics
 import subprocess
@@ -56,6 +64,8 @@ PROFILE_SVG = dataset.CACHE_DIR / "worker.svg"
 TARGET = 0.85
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 PY_SPY_RATE = 200
+WORKER_CPU, SERVER_CPU = 0, 1  # the pinned placement
+SERVED, PINNED, DECODE = "served", "pinned", "decode"
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,21 @@ def bare_decode(images: List[bytes], seconds: float) -> Dict[str, float]:
             return {"images_s": count / elapsed, "images_per_cpu_s": count / (time.thread_time() - cpu_start)}
 
 
-def served(children: Children, source: str, plan: Plan, name: str) -> Dict[str, float]:
-    with ServedStream(children, source, workers=1, name=name) as stream:
-        stream.receive(plan.warmup_batches)
-        measured = stream.measure(plan.seconds)
+def served(children: Children, source: str, plan: Plan, name: str, pinned: bool = False) -> Dict[str, float]:
+    """A 1-worker server's rate; ``pinned``: its worker alone on WORKER_CPU, everything else on SERVER_CPU."""
+    allowed = os.sched_getaffinity(0)
+    if pinned:
+        os.sched_setaffinity(0, {SERVER_CPU})  # this thread, and the client's ZeroMQ threads it starts
+    try:
+        with ServedStream(children, source, workers=1, name=name, cpus={SERVER_CPU} if pinned else None) as stream:
+            stream.receive(1)  # the worker exists now
+            if pinned:
+                for pid in stream.worker_pids():
+                    os.sched_setaffinity(pid, {WORKER_CPU})
+            stream.receive(plan.warmup_batches - 1)
+            measured = stream.measure(plan.seconds)
+    finally:
+        os.sched_setaffinity(0, allowed)
     return {"images_s": measured["images_s"], "images_per_cpu_s": measured["images_per_worker_cpu_s"]}
 
 
@@ -215,35 +236,41 @@ def run(plan: Plan, svg: bool) -> str:
     source = "lmdb:%s" % lmdb
     images = jpeg_bytes(lmdb)
     decoder = decoder_name(images)
-    runs: Dict[str, List[Dict[str, float]]] = {"served": [], "decode": []}
+    kinds = (SERVED, PINNED, DECODE) if len(os.sched_getaffinity(0)) >= 2 else (SERVED, DECODE)
+    runs: Dict[str, List[Dict[str, float]]] = {kind: [] for kind in kinds}
     with Children(LOG_DIR) as children:
         for round_number in range(plan.rounds):
-            # Alternate which goes first, so a trend in the machine's load hits both alike.
-            order = ("served", "decode") if round_number % 2 == 0 else ("decode", "served")
-            for kind in order:
-                if kind == "served":
-                    runs[kind].append(served(children, source, plan, "efficiency-server-%d" % round_number))
-                else:
+            # Rotate which goes first, so a trend in the machine's load hits all alike.
+            shift = round_number % len(kinds)
+            for kind in kinds[shift:] + kinds[:shift]:
+                if kind == DECODE:
                     runs[kind].append(bare_decode(images, plan.seconds))
-            print("  round %d: served %.0f images/s (%.0f per worker CPU-s), bare decode %.0f images/s (%.0f per CPU-s)"
-                  % (round_number + 1, runs["served"][-1]["images_s"], runs["served"][-1]["images_per_cpu_s"],
-                     runs["decode"][-1]["images_s"], runs["decode"][-1]["images_per_cpu_s"]), file=sys.stderr)
+                else:
+                    runs[kind].append(served(children, source, plan, "efficiency-%s-%d" % (kind, round_number),
+                                             pinned=kind == PINNED))
+            print("  round %d: %s" % (round_number + 1, ", ".join(
+                "%s %.0f images/s (%.0f per CPU-s)" % (kind, runs[kind][-1]["images_s"],
+                                                       runs[kind][-1]["images_per_cpu_s"]) for kind in kinds)),
+                  file=sys.stderr)
         print("  profiling the worker with py-spy", file=sys.stderr)
         profiled = profile(children, source, plan, svg)
 
     def series(kind: str, key: str) -> List[float]:
         return [r[key] for r in runs[kind]]
 
-    efficiency = report.paired_ratio(series("served", "images_s"), series("decode", "images_s"))
-    cpu_efficiency = report.paired_ratio(series("served", "images_per_cpu_s"), series("decode", "images_per_cpu_s"))
+    names = {DECODE: "bare decode: the server's decode_image (%s), 1 process" % decoder,
+             SERVED: "zfeed server, 1 worker → BatchClient",
+             PINNED: "the same, worker on its own core (CPU %d; supervisor and client on CPU %d)"
+                     % (WORKER_CPU, SERVER_CPU)}
     rows = []
-    for kind, name in (("decode", "bare decode: the server's decode_image (%s), 1 process" % decoder),
-                       ("served", "zfeed server, 1 worker → BatchClient")):
+    for kind in (DECODE,) + tuple(k for k in kinds if k != DECODE):
         wall, cpu = statistics.median(series(kind, "images_s")), statistics.median(series(kind, "images_per_cpu_s"))
-        ratio = "%.2f" % efficiency if kind == "served" else ""
-        cpu_ratio = "%.2f" % cpu_efficiency if kind == "served" else ""
-        rows.append([name, "%.0f" % wall, "%.0f" % (1e6 / wall), ratio,
-                     report.verdict(efficiency, TARGET) if kind == "served" else "",
+        ratio = cpu_ratio = verdict = ""
+        if kind != DECODE:
+            efficiency = report.paired_ratio(series(kind, "images_s"), series(DECODE, "images_s"))
+            cpu_efficiency = report.paired_ratio(series(kind, "images_per_cpu_s"), series(DECODE, "images_per_cpu_s"))
+            ratio, cpu_ratio, verdict = "%.2f" % efficiency, "%.2f" % cpu_efficiency, report.verdict(efficiency, TARGET)
+        rows.append([names[kind], "%.0f" % wall, "%.0f" % (1e6 / wall), ratio, verdict,
                      "%.0f" % cpu, cpu_ratio, report.runs(series(kind, "images_s"))])
     table = report.markdown_table(["Configuration", "images/s (median)", "µs per image",
                                    "efficiency (served / decode)", "target", "images per CPU-second",
@@ -257,9 +284,10 @@ def run(plan: Plan, svg: bool) -> str:
         "the decode thread's time), which a shared machine disturbs less."
         % (plan.rounds, plan.warmup_batches, plan.seconds, plan.seconds, len(images), decoder, decoder_versions()),
         "- Transform: TRAIN, crop 227, mirror, mean values 104,117,123, batch 64, uint8 pixels on the wire. "
-        "The worker has one core; the supervisor, ZeroMQ and the client share the other with "
-        "whatever else runs (the machine is shared: preliminary figures). Load average at the end: %s."
-        % report.load_average(),
+        "Unpinned, the worker has about one core; the supervisor, ZeroMQ and the client (TCP at the rate "
+        "above) share the other and spill onto the worker's. Pinned, nothing else is allowed on the "
+        "worker's CPU (kernel work aside). The machine is shared: preliminary figures. Load average at "
+        "the end: %s." % report.load_average(),
         "",
         profile_table(profiled),
         "- Raw stacks: %s%s." % (PROFILE_RAW.relative_to(REPO),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import AbstractSet, List, Optional, Sequence
 
 from bench.children import PYTHON, Children, free_port, python_env
 
@@ -56,12 +56,14 @@ class ServedStream:
     """A running server and this process's client of it; ``close`` ends both."""
 
     def __init__(self, children: Children, source: str, workers: int, wire_format: str = "auto",
-                 name: str = "server", extra: Sequence[str] = ()):
+                 name: str = "server", extra: Sequence[str] = (), cpus: Optional[AbstractSet[int]] = None):
+        """``cpus``: pin the server (its supervisor and the workers it forks) to these CPUs."""
         from client_layer import BatchClient
 
         self.children = children
         port = free_port()
-        self.server = children.start(name, server_command(source, port, workers, wire_format, extra), python_env())
+        self.server = children.start(name, server_command(source, port, workers, wire_format, extra), python_env(),
+                                     cpus=cpus)
         self.client = BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=STARTUP_TIMEOUT_S)
         self.batch_bytes: Optional[int] = None
         self.wire_bytes = 0  # as received, so compressed where the server compresses
