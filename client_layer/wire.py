@@ -274,7 +274,8 @@ def encode_batch(stream: str, seq: int, arrays: Dict[str, np.ndarray],
 
 
 class Batch:
-    """A decoded batch. Arrays are views of the received frames, not copies.
+    """A decoded batch. Arrays are views of the received frames, not copies
+    (of the decompressed frames, for frames that came compressed).
 
     Keep the Batch alive while any array obtained from it is in use: the
     frames' memory belongs to it.
@@ -486,14 +487,16 @@ def decode_header(data: memoryview, max_batch_bytes: int) -> Tuple[dict, List[Ar
 
 
 def decode_batch(frames: Sequence[object], max_batch_bytes: int) -> Batch:
-    """Validate and view a received multipart message as a ``Batch`` (no copies).
+    """Validate and view a received multipart message as a ``Batch`` (no copies,
+    except that compressed frames are decompressed).
 
     ``frames`` are ``zmq.Frame`` objects or plain buffers. Raises ``WireError``
     on anything malformed; never reads past a frame.
     """
     if not frames:
         raise WireError("empty message")
-    header, specs = decode_header(_buffer_of(frames[0]), max_batch_bytes)
+    header_view = _buffer_of(frames[0])
+    header, specs = decode_header(header_view, max_batch_bytes)
     indices = _sample_array(header, "index", _INDEX_DTYPE)
     epochs = _sample_array(header, "epoch", _EPOCH_DTYPE)
     if len(epochs) != len(indices):
@@ -503,6 +506,7 @@ def decode_batch(frames: Sequence[object], max_batch_bytes: int) -> Batch:
         raise WireError("message has %d frames, its header describes %d"
                         % (len(frames), expected_frames))
     codec_name, codec = header.get("codec"), None
+    wire_bytes = len(header_view)
     frames_by_array = []
     position = 1
     for spec in specs:
@@ -512,6 +516,7 @@ def decode_batch(frames: Sequence[object], max_batch_bytes: int) -> Batch:
         views = []
         for start, stop in spec.frame_rows():
             view = _buffer_of(frames[position])
+            wire_bytes += len(view)
             expected = (stop - start) * spec.row_bytes
             if codec_name is not None and len(view) < expected:
                 codec = codec or Codec(codec_name)
@@ -524,5 +529,4 @@ def decode_batch(frames: Sequence[object], max_batch_bytes: int) -> Batch:
             position += 1
         frames_by_array.append(views)
     return Batch(header["stream"], header["seq"], specs, frames_by_array, indices, epochs,
-                 header.get("extra", {}), keepalive=frames,
-                 wire_bytes=sum(len(_buffer_of(frame)) for frame in frames))
+                 header.get("extra", {}), keepalive=frames, wire_bytes=wire_bytes)

@@ -32,13 +32,13 @@ class BatchSender:
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
                  curve: Optional[CurveServer] = None, extra: Optional[dict] = None,
-                 codec: Optional[str] = None):
+                 codec_name: Optional[str] = None):
         """``extra`` goes into every header (e.g. how the trainer finishes uint8 pixels);
-        ``codec`` names the compression of packed frames."""
+        ``codec_name`` names the compression of packed frames."""
         self.stream_id = stream_id
         self.specs = list(specs)
         self.extra = extra
-        self.codec = codec
+        self.codec_name = codec_name
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         self.socket.setsockopt(zmq.SNDHWM, QUEUED_PER_TRAINER)
@@ -80,7 +80,7 @@ class BatchSender:
         socket may say it is writable for a peer that is gone an instant later.
         """
         parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs, self.extra,
-                                                  self.codec)]
+                                                  self.codec_name)]
         for spec in self.specs:
             if packed is None:
                 parts.extend(wire.array_frames(spec, arrays[spec.name]))

@@ -257,7 +257,7 @@ class DataServer:
                 curve.start(context)
             sender = BatchSender(context, self.config.stream_id, self.specs, curve=curve,
                                  extra=self.prepared.layout.wire_extra(),
-                                 codec=self.codec.name if self.codec else None)
+                                 codec_name=self.codec.name if self.codec else None)
             if self.config.metrics_port:
                 try:
                     self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)

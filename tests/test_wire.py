@@ -260,6 +260,7 @@ def test_compressed_frames_are_shorter_and_decode_to_the_same_arrays(codec_name)
     batch = wire.decode_batch(as_bytes(frames), LIMIT)
     assert np.array_equal(batch.raw("data"), data)
     assert np.array_equal(batch.array("label"), np.arange(6, dtype=np.float32))
+    assert batch.wire_bytes == sum(len(frame) for frame in as_bytes(frames))  # as received, compressed
 
 
 @pytest.mark.parametrize("codec_name", CODEC_NAMES)
