@@ -1,7 +1,8 @@
 """The Caffe side of ``bench.stall`` (run by the Caffe Python). Prints one JSON line.
 
-    python bench/caffe_stall_net.py stall --feed NAME=tcp://HOST:PORT ... [--memory-pixels NPZ]
-                                          --rounds R --iterations K --warmup W
+    python bench/caffe_stall_net.py stall --net small|caffenet --feed NAME=tcp://HOST:PORT ...
+                                          [--memory-pixels NPZ] --rounds R --iterations K --warmup W
+    python bench/caffe_stall_net.py layer-times --net small|caffenet --memory-pixels NPZ --repeats N
     python bench/caffe_stall_net.py forward-cost --repeats N
 
 ``stall``: one SGD solver per feed plus one whose data layer is ``DummyData``
@@ -9,7 +10,11 @@ with constant fillers of the same shapes (64 x 3 x 227 x 227 data, 64
 labels; Caffe fills a constant DummyData once, so it costs nothing per
 iteration), and with ``--memory-pixels`` two ``MemoryBatchLayer``s (real
 crops, and zeros) that run the layer's copy without network or server. All
-solvers train the same small conv net (``NET_BODY``) in this one process.
+solvers train the same net in this one process: ``--net caffenet``, the layers
+of BVLC's reference CaffeNet after its data layer (the project's copy in
+``tests/prototxt``), or ``--net small``, two conv layers (``SMALL_NET_BODY``)
+whose iteration takes about a tenth of CaffeNet's, so that what each batch
+costs the trainer weighs ten times as much.
 After ``W`` warm-up iterations each, every round runs ``K`` iterations of
 each solver, in a rotated order. The figures of a block, per iteration: its
 wall time; the CPU time of this thread (Caffe's only compute thread), which
@@ -20,6 +25,11 @@ and the number of batches that had not fully arrived when ``forward()``
 asked (zero when the server keeps up), and the CPU time of the feed's
 ZeroMQ receiving thread. The JSON also says where the process ran: each
 thread's allowed CPUs and OpenBLAS's thread count.
+
+``layer-times``: each layer's forward and backward wall time in one net,
+on DummyData's constant (zeros) and on the real crops of ``--memory-pixels``
+finished as the layer finishes them (labels 0 for both), interleaved, the
+first pass dropped: which layers run slower on real values.
 
 ``forward-cost``: what ``ZmqDataLayer.forward()`` does besides receiving,
 ``Batch.copy_into`` of ``data`` and ``label`` into a real Caffe blob, for a
@@ -34,9 +44,12 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import caffe
 import numpy as np
+from caffe.proto import caffe_pb2
+from google.protobuf import text_format
 
 from client_layer import wire
 from client_layer.caffe_layer import ZmqDataLayer
@@ -59,9 +72,9 @@ DATA_LAYERS = {
     data_filler { type: "constant" value: 0 } data_filler { type: "constant" value: 0 } } }""",
 }
 
-# Two conv layers on 227x227 crops: long enough an iteration (about half a second on
-# this machine's cores) for one loader worker to keep up, short enough for many rounds.
-NET_BODY = """
+# Two conv layers on 227x227 crops: long enough an iteration (about half a second on one
+# of this machine's cores) for one loader worker to keep up, short enough for many rounds.
+SMALL_NET_BODY = """
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param { num_output: 24 kernel_size: 11 stride: 4 weight_filler { type: "gaussian" std: 0.01 } } }
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
@@ -76,8 +89,32 @@ layer { name: "fc" type: "InnerProduct" bottom: "pool2" top: "fc"
   inner_product_param { num_output: 10 weight_filler { type: "gaussian" std: 0.01 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
 """
-NET_DESCRIPTION = ("conv 11x11/4 x24, ReLU, max pool 3/2, conv 5x5 x32, ReLU, max pool 3/2, fc 10, "
-                   "softmax loss; SGD lr 0.001, momentum 0.9")
+SMALL_NET_DESCRIPTION = ("a small net: conv 11x11/4 x24, ReLU, max pool 3/2, conv 5x5 x32, ReLU, max pool 3/2, "
+                         "fc 10, softmax loss")
+CAFFENET_PROTOTXT = Path(__file__).resolve().parents[1] / "tests" / "prototxt" / "caffenet_train_val.prototxt"
+CAFFENET_DESCRIPTION = ("BVLC's reference CaffeNet (models/bvlc_reference_caffenet/train_val.prototxt, its TRAIN "
+                        "layers: 5 conv, 2 LRN, 3 max pool, 3 fc with dropout, softmax loss)")
+
+
+def caffenet_body() -> str:
+    """The layers CaffeNet trains after its data layer, as prototxt text (TEST-only layers left out)."""
+    net = caffe_pb2.NetParameter()
+    text_format.Merge(CAFFENET_PROTOTXT.read_text(), net)
+    return "\n".join("layer { %s }" % text_format.MessageToString(layer, as_one_line=True)
+                     for layer in net.layer
+                     if layer.type != "Data" and all(rule.phase != caffe_pb2.TEST for rule in layer.include))
+
+
+NETS = {  # --net: (its layers after the data layer, what it is)
+    "small": (lambda: SMALL_NET_BODY, SMALL_NET_DESCRIPTION),
+    "caffenet": (caffenet_body, CAFFENET_DESCRIPTION),
+}
+SOLVER_DESCRIPTION = "SGD lr 0.001, momentum 0.9"
+
+
+
+INPUT_NET = ('name: "blobs" layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
+             'shape { dim: %(batch)d dim: 3 dim: 227 dim: 227 } shape { dim: %(batch)d } } }\n')
 
 SOLVER = """net_param { name: "stall" %(layer)s %(body)s }
 base_lr: 0.001 momentum: 0.9 lr_policy: "fixed" max_iter: 1000000 display: 0
@@ -153,9 +190,9 @@ class MemoryBatchLayer(caffe.Layer):
         pass
 
 
-def make_solver(data_layer: str) -> caffe.SGDSolver:
+def make_solver(data_layer: str, body: str) -> caffe.SGDSolver:
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-        f.write(SOLVER % {"layer": data_layer, "body": NET_BODY})
+        f.write(SOLVER % {"layer": data_layer, "body": body})
     try:
         return caffe.SGDSolver(f.name)
     finally:
@@ -163,17 +200,19 @@ def make_solver(data_layer: str) -> caffe.SGDSolver:
 
 
 def stall(args) -> dict:
-    solvers = {"DummyData": (make_solver(DATA_LAYERS["dummy"] % {"batch": BATCH}), None)}
+    net_body, net_description = NETS[args.net]
+    body = net_body()
+    solvers = {"DummyData": (make_solver(DATA_LAYERS["dummy"] % {"batch": BATCH}, body), None)}
     if args.memory_pixels:
         for name, zeros in ((MEMORY_REAL, False), (MEMORY_ZEROS, True)):
             param_str = json.dumps(json.dumps({"pixels": args.memory_pixels, "zeros": zeros}))
-            solvers[name] = (make_solver(DATA_LAYERS["memory"] % {"param_str": param_str}), None)
+            solvers[name] = (make_solver(DATA_LAYERS["memory"] % {"param_str": param_str}, body), None)
     receiving_threads = {}  # name: ids of the threads ZeroMQ started for this feed's client
     for feed in args.feed:
         name, _, address = feed.partition("=")
         param_str = json.dumps(json.dumps({"address": address, "timeout_s": 60}))  # JSON strings are prototxt strings
         threads_before = set(os.listdir("/proc/self/task"))
-        solver = make_solver(DATA_LAYERS["zfeed"] % {"param_str": param_str})
+        solver = make_solver(DATA_LAYERS["zfeed"] % {"param_str": param_str}, body)
         solvers[name] = (solver, solver.net.layers[0].client)
         receiving_threads[name] = [int(task) for task in set(os.listdir("/proc/self/task")) - threads_before
                                    if _thread_name(task).startswith("ZMQbg/IO")]
@@ -213,7 +252,7 @@ def stall(args) -> dict:
             continue  # ZeroMQ named no thread ZMQbg/IO*: the table says so rather than show 0
         results[name]["receiving_thread_cpu_ms_per_batch"] = (
             1000 * (sum(map(thread_cpu_s, tids)) - receiving_cpu[name]) / (args.rounds * args.iterations))
-    return {"net": NET_DESCRIPTION, "configs": results, "trainer": placement()}
+    return {"net": "%s; %s" % (net_description, SOLVER_DESCRIPTION), "configs": results, "trainer": placement()}
 
 
 class _Timespec(ctypes.Structure):
@@ -258,6 +297,36 @@ def placement() -> dict:
             "env": {key: os.environ.get(key) for key in BLAS_THREAD_VARIABLES}}
 
 
+def layer_times(args) -> dict:
+    net_text = INPUT_NET % {"batch": BATCH} + NETS[args.net][0]()
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+        f.write(net_text)
+    try:
+        net = caffe.Net(f.name, caffe.TRAIN)
+    finally:
+        os.unlink(f.name)
+    crops = np.load(args.memory_pixels)["pixels"][0]
+    real = np.subtract(crops, np.asarray(MEAN, np.float32).reshape(3, 1, 1), dtype=np.float32)
+    inputs = {"constant": np.zeros_like(real), "real pixels": real}
+    names = list(net._layer_names)
+    ms = {kind: {"forward": [[] for _ in names], "backward": [[] for _ in names]} for kind in inputs}
+    for repeat in range(args.repeats + 1):
+        for kind, pixels in inputs.items():
+            net.blobs["data"].data[...] = pixels
+            net.blobs["label"].data[...] = 0
+            for index, name in enumerate(names):
+                start = time.perf_counter()
+                net.forward(start=name, end=name)
+                if repeat:
+                    ms[kind]["forward"][index].append(1000 * (time.perf_counter() - start))
+            for index, name in reversed(list(enumerate(names))):
+                start = time.perf_counter()
+                net.backward(start=name, end=name)
+                if repeat:
+                    ms[kind]["backward"][index].append(1000 * (time.perf_counter() - start))
+    return {"net": NETS[args.net][1], "layers": names, "types": [layer.type for layer in net.layers], "ms": ms}
+
+
 def _received(frames) -> wire.Batch:
     """A batch as the layer gets it: frames in fresh buffers, viewed without copies."""
     return wire.decode_batch([bytes(frame) for frame in frames], MAX_BATCH_BYTES)
@@ -276,8 +345,7 @@ def forward_cost(args) -> dict:
             wire.encode_batch("bench", 0, {"data": pixels, "label": labels}, indices, epochs, extra=finish)),
         "float32, copied": _received(wire.encode_batch("bench", 0, {"data": floats, "label": labels}, indices, epochs)),
     }
-    net_text = ('name: "blobs" layer { name: "data" type: "Input" top: "data" top: "label" input_param { '
-                'shape { dim: %d dim: 3 dim: 227 dim: 227 } shape { dim: %d } } }' % (BATCH, BATCH))
+    net_text = INPUT_NET % {"batch": BATCH}
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
         f.write(net_text)
     try:
@@ -303,16 +371,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="caffe_stall_net.py")
     commands = parser.add_subparsers(dest="command", required=True)
     stall_parser = commands.add_parser("stall")
+    stall_parser.add_argument("--net", choices=sorted(NETS), default="small")
     stall_parser.add_argument("--feed", action="append", default=[], help="NAME=ADDRESS of a zfeed server")
     stall_parser.add_argument("--memory-pixels", help=".npz of real crops for the in-memory Python layers")
     stall_parser.add_argument("--rounds", type=int, default=4)
     stall_parser.add_argument("--iterations", type=int, default=3)
     stall_parser.add_argument("--warmup", type=int, default=2)
+    layers_parser = commands.add_parser("layer-times")
+    layers_parser.add_argument("--net", choices=sorted(NETS), default="small")
+    layers_parser.add_argument("--memory-pixels", required=True, help=".npz of real crops")
+    layers_parser.add_argument("--repeats", type=int, default=3)
     cost_parser = commands.add_parser("forward-cost")
     cost_parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     caffe.set_mode_cpu()
-    print(json.dumps(stall(args) if args.command == "stall" else forward_cost(args)))
+    commands = {"stall": stall, "layer-times": layer_times, "forward-cost": forward_cost}
+    print(json.dumps(commands[args.command](args)))
     return 0
 
 

@@ -2,9 +2,14 @@
 
     python -m bench.stall [--quick]
 
-One Caffe process (``bench/caffe_stall_net.py`` in the Caffe Python) trains
-the same small conv net on 64 x 3 x 227 x 227 batches with one solver per
-data source, in interleaved rounds (a rotated order each round):
+Two nets, each trained on 64 x 3 x 227 x 227 batches: BVLC's reference
+CaffeNet (about 4.5 s per iteration on one of these cores), the real net
+the issue's shapes come from, fed by the JPEG LMDB server; and a small
+two-conv net (about 0.4 s), on which each batch's fixed cost weighs ten
+times as much, fed by all three servers below. For each net, one Caffe
+process (``bench/caffe_stall_net.py`` in the Caffe Python) trains it with
+one solver per data source, in interleaved rounds (a rotated order each
+round):
 
 - ``DummyData``: constant fillers of the same shapes, in memory (the baseline);
 - in-memory Python layers (``MemoryBatchLayer``): 4 batches of real crops,
@@ -19,6 +24,12 @@ data source, in interleaved rounds (a rotated order each round):
 - ``zfeed, JPEG LMDB, uint8``: the same server decoding the JPEG LMDB of
   ``bench.dataset`` with 1 worker: on this 2-core machine its decoding
   shares the cores with the trainer.
+
+A constant input is not free of a cost real images have: Caffe's CPU max
+pooling runs slower on real pixel values (its comparisons stop being
+predictable), whatever delivers them. So each net's layers are also timed
+one by one on zeros and on real crops (``layer-times``), and every zfeed
+feed is also compared with the in-memory layer of the same real pixels.
 
 Every server applies crop 227 (random), mirror and mean values 104,117,123.
 The stall of a configuration is the median over rounds of its time per
@@ -68,22 +79,44 @@ LOG_DIR = dataset.CACHE_DIR / "logs"
 CAFFE_SIDE = str(REPO / "bench" / "caffe_stall_net.py")
 TARGET_PERCENT = 3.0
 STARTUP_ALLOWANCE_S = 90.0
-SLOWEST_ITERATION_S = 6.0  # far above this net's; only bounds how long a stuck run may take
 
 
 @dataclass(frozen=True)
 class Plan:
+    """How one net is measured: ``net`` is caffe_stall_net.py's --net, ``feeds`` the names of
+    the zfeed configurations (``feeds()``) its trainer gets."""
+
+    net: str
+    title: str
     rounds: int
     iterations: int
     warmup: int
-    forward_repeats: int
+    slowest_iteration_s: float  # far above the net's; only bounds how long a stuck run may take
+    feeds: Tuple[str, ...]
 
 
-# 4 warm-up iterations: a feed's first batches cost its ZeroMQ receiving thread several
-# times the CPU of later ones (measured here: 5.9 ms per batch over the 4 after the
-# prefetch filled, then 1.1 to 2.2 ms), which would otherwise land in the measured rounds.
-FULL = Plan(rounds=12, iterations=2, warmup=4, forward_repeats=40)
-QUICK = Plan(rounds=2, iterations=2, warmup=4, forward_repeats=10)
+RAW_UINT8, RAW_FLOAT32, JPEG_UINT8 = "zfeed, raw LMDB, uint8", "zfeed, raw LMDB, float32", "zfeed, JPEG LMDB, uint8"
+
+
+def plans(quick: bool) -> Tuple[Plan, ...]:
+    """CaffeNet, the real net, with the real feed; then the small net with every feed.
+
+    Warm-up: a feed's first batches cost its ZeroMQ receiving thread several
+    times the CPU of later ones (measured here: 5.9 ms per batch over the 4
+    after the prefetch filled, then 1.1 to 2.2 ms), which would otherwise land
+    in the measured rounds; a CaffeNet iteration is ten times longer, so 2 do.
+    """
+    return (Plan("caffenet", "CaffeNet", rounds=2 if quick else 5, iterations=1, warmup=2,
+                 slowest_iteration_s=30.0, feeds=(JPEG_UINT8,)),
+            Plan("small", "Small net", rounds=2 if quick else 12, iterations=2, warmup=4,
+                 slowest_iteration_s=6.0, feeds=(RAW_UINT8, RAW_FLOAT32, JPEG_UINT8)))
+
+
+def forward_repeats(quick: bool) -> int:
+    return 10 if quick else 40
+
+
+LAYER_REPEATS = 3
 
 
 def raw_lmdb() -> Path:
@@ -143,12 +176,11 @@ def memory_pixels() -> Path:
     return path
 
 
-def feeds() -> List[tuple]:
-    """(name, source, wire format) of every zfeed configuration."""
+def feeds(names: Tuple[str, ...]) -> List[tuple]:
+    """(name, source, wire format) of the zfeed configurations ``names``."""
     raw, jpeg = "lmdb:%s" % raw_lmdb(), "lmdb:%s" % dataset.jpeg_lmdb()
-    return [("zfeed, raw LMDB, uint8", raw, "auto"),
-            ("zfeed, raw LMDB, float32", raw, "float32"),
-            ("zfeed, JPEG LMDB, uint8", jpeg, "auto")]
+    every = [(RAW_UINT8, raw, "auto"), (RAW_FLOAT32, raw, "float32"), (JPEG_UINT8, jpeg, "auto")]
+    return [feed for feed in every if feed[0] in names]
 
 
 @dataclass(frozen=True)
@@ -178,18 +210,26 @@ def placements() -> List[Placement]:
     return [own_core, shared]
 
 
-def run(plan: Plan) -> str:
+def run(quick: bool) -> str:
     head = report.machine_line("zfeed trainer stall (bench/stall.py)")
     sections = []
     with Children(LOG_DIR) as children:
-        for placement in placements():
-            print("bench.stall: %s" % placement.title, file=sys.stderr)
-            stall, where = run_placement(children, plan, placement)
-            sections += [stall_table(plan, placement, stall, where), ""]
+        for plan in plans(quick):
+            for placement in placements():
+                print("bench.stall: %s, %s" % (plan.title, placement.title), file=sys.stderr)
+                stall, where = run_placement(children, plan, placement)
+                sections += [stall_table(plan, placement, stall, where), "", notes(plan, stall), ""]
+            layers = children.result(children.start(
+                "stall-%s-layer-times" % plan.net,
+                [caffe_python(), CAFFE_SIDE, "layer-times", "--net", plan.net, "--memory-pixels", str(memory_pixels()),
+                 "--repeats", str(LAYER_REPEATS)], dict(python_env(), **ONE_BLAS_THREAD), placements()[0].trainer_cpus),
+                STARTUP_ALLOWANCE_S + 2 * (LAYER_REPEATS + 1) * plan.slowest_iteration_s)
+            sections += [layer_table(plan, layers), ""]
+        repeats = forward_repeats(quick)
         cost = children.result(children.start("stall-forward-cost", [caffe_python(), CAFFE_SIDE, "forward-cost",
-                                                                     "--repeats", str(plan.forward_repeats)],
-                                              python_env()), STARTUP_ALLOWANCE_S + plan.forward_repeats)
-    return "\n".join([head, ""] + sections + [notes(plan, stall), "", cost_table(plan, cost)])
+                                                                     "--repeats", str(repeats)],
+                                              python_env()), STARTUP_ALLOWANCE_S + repeats)
+    return "\n".join([head, "", common_notes(), ""] + sections + [cost_table(repeats, cost)])
 
 
 def run_placement(children: Children, plan: Plan, placement: Placement) -> Tuple[dict, List[str]]:
@@ -199,20 +239,20 @@ def run_placement(children: Children, plan: Plan, placement: Placement) -> Tuple
     everything still ran.
     """
     servers = []
-    command = [caffe_python(), CAFFE_SIDE, "stall", "--rounds", str(plan.rounds),
+    command = [caffe_python(), CAFFE_SIDE, "stall", "--net", plan.net, "--rounds", str(plan.rounds),
                "--iterations", str(plan.iterations), "--warmup", str(plan.warmup),
                "--memory-pixels", str(memory_pixels())]
-    configs = feeds()
+    configs = feeds(plan.feeds)
     for number, (name, source, wire_format) in enumerate(configs):
         port = free_port()
-        servers.append((name, children.start("stall-%s-server-%d" % (placement.tag, number),
+        servers.append((name, children.start("stall-%s-%s-server-%d" % (plan.net, placement.tag, number),
                                              server_command(source, port, 1, wire_format), python_env(),
                                              placement.server_cpus)))
         command += ["--feed", "%s=tcp://127.0.0.1:%d" % (name, port)]
     iterations = (plan.warmup + plan.rounds * plan.iterations) * (len(configs) + 3)
-    trainer = children.start("stall-%s-caffe" % placement.tag, command, dict(python_env(), **placement.trainer_env),
-                             placement.trainer_cpus)
-    stall = children.result(trainer, STARTUP_ALLOWANCE_S + iterations * SLOWEST_ITERATION_S)
+    trainer = children.start("stall-%s-%s-caffe" % (plan.net, placement.tag), command,
+                             dict(python_env(), **placement.trainer_env), placement.trainer_cpus)
+    stall = children.result(trainer, STARTUP_ALLOWANCE_S + iterations * plan.slowest_iteration_s)
     where = [trainer_placement(stall["trainer"])]
     for name, server in servers:
         children.check_alive(server, "the server of %r" % name)
@@ -302,34 +342,37 @@ def stall_table(plan: Plan, placement: Placement, stall: dict, where: List[str])
                                    "ZeroMQ receiving thread CPU ms per batch",
                                    "Caffe-thread CPU ms per iteration", "CPU extra vs DummyData", "runs (ms)"],
                                   rows)
-    return "\n".join(["### %s" % placement.title, "", table, ""] + ["- %s." % line for line in where])
+    return "\n".join(["### %s: %s" % (plan.title, placement.title), "", table, ""]
+                     + ["- %s." % line for line in where])
 
 
 def notes(plan: Plan, stall: dict) -> str:
+    return ("- One Caffe process (CPU), one SGD solver per data layer, all on the same net: %s, batch "
+            "64 x 3 x 227 x 227. %d warm-up iterations each, then %d rounds of %d iteration(s) per solver in a "
+            "rotated order." % (stall["net"], plan.warmup, plan.rounds, plan.iterations))
+
+
+def common_notes() -> str:
     return "\n".join([
-        "- Each placement: one Caffe process (CPU), one SGD solver per data layer, all on the same net: "
-        "%s, batch 64 x 3 x 227 x 227. %d warm-up iterations each, then %d rounds of %d iterations per solver "
-        "in a rotated order; extra: median of the per-round ratios, minus one, so every ratio compares "
-        "solvers of the same trainer process in the same rounds. Caffe-thread CPU: its own CPU time "
-        "(time.thread_time), which time spent descheduled by other processes on this shared machine does "
-        "not inflate." % (stall["net"], plan.warmup, plan.rounds, plan.iterations),
+        "- Extra: median of the per-round ratios, minus one, so every ratio compares solvers of the same "
+        "trainer process in the same rounds. Caffe-thread CPU: its own CPU time (time.thread_time), which "
+        "time spent descheduled by other processes on this shared machine does not inflate.",
         "- Server on its own core: the trainer process (its Caffe thread and ZeroMQ's receiving thread) "
         "pinned to one CPU, every server (supervisor and worker, forked after the pinning) to the other; "
         "OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=1 for the trainer, so all its solvers, DummyData's included, "
         "run the same single-threaded BLAS. The trainer then pays for what zfeed does in its own process "
         "(receiving, finishing uint8 into the blob) and for sharing the memory bus and L3 cache with the "
         "server, not for CPU time the server's decoding takes: the deployment zfeed is built for, with the "
-        "servers on other machines. Sharing: the placement measured before, nothing pinned, OpenBLAS "
-        "sized by its own default.",
+        "servers on other machines. Sharing: nothing pinned, OpenBLAS sized by its own default.",
         "- In-memory Python layers: %d batches of real 227x227 crops (or zeros) held in the trainer, delivered "
         "by the same `Batch.copy_into` as ZmqDataLayer (uint8 finished into float32), no network, no server: "
-        "they separate what real pixel values cost the net (CPU max pooling and ReLU branch on the data) from "
-        "what zfeed costs. forward(): wall time inside the data layer's forward() (zfeed: ZmqDataLayer "
-        "subclassed only to add stopwatches and a probe); receive(): the part of it in "
-        "`BatchClient.receive()`; a batch is late when it had not fully arrived (the socket had nothing to "
-        "read) as forward() asked for it. ZeroMQ's receiving thread (one per feed, in the trainer process) "
-        "reads the next batch from TCP while the net runs; its CPU time (the thread's own CPU clock) over "
-        "all the rounds, per batch taken." % MEMORY_BATCHES,
+        "they separate what real pixel values cost the net (Caffe's CPU max pooling runs slower on them, "
+        "see the per-layer tables) from what zfeed costs. forward(): wall time inside the data layer's "
+        "forward() (zfeed: ZmqDataLayer subclassed only to add stopwatches and a probe); receive(): the part "
+        "of it in `BatchClient.receive()`; a batch is late when it had not fully arrived (the socket had "
+        "nothing to read) as forward() asked for it. ZeroMQ's receiving thread (one per feed, in the trainer "
+        "process) reads the next batch from TCP while the net runs; its CPU time (the thread's own CPU "
+        "clock) over all the rounds, per batch taken." % MEMORY_BATCHES,
         "- Servers: 1 worker each, TRAIN crop 227 + mirror + mean 104,117,123, on 127.0.0.1; the raw LMDB holds "
         "the JPEG LMDB's 512 images decoded once to raw 256x256 Datums, so its server only parses, crops and "
         "sends. This machine is shared with other test runs (preliminary figures). Load average at the end: "
@@ -337,7 +380,37 @@ def notes(plan: Plan, stall: dict) -> str:
     ])
 
 
-def cost_table(plan: Plan, cost: dict) -> str:
+LAYER_SHOWN_MS = 1.0  # per-layer table: the passes whose time moved by at least this much
+
+
+def layer_table(plan: Plan, layers: dict) -> str:
+    """The layers whose forward or backward time moves with the pixel values, and the totals."""
+    names, types, ms = layers["layers"], layers["types"], layers["ms"]
+    constant, real = ms["constant"], ms["real pixels"]
+    rows, totals = [], {"constant": 0.0, "real pixels": 0.0}
+    for direction in ("forward", "backward"):
+        for index, name in enumerate(names):
+            on_constant = statistics.median(constant[direction][index])
+            on_real = statistics.median(real[direction][index])
+            totals["constant"] += on_constant
+            totals["real pixels"] += on_real
+            if abs(on_real - on_constant) >= LAYER_SHOWN_MS:
+                rows.append(["%s (%s)" % (name, types[index]), direction, "%.1f" % on_constant, "%.1f" % on_real,
+                             "%+.1f" % (on_real - on_constant)])
+    rows.append(["all layers", "forward + backward", "%.0f" % totals["constant"], "%.0f" % totals["real pixels"],
+                 "%+.0f (%+.1f %%)" % (totals["real pixels"] - totals["constant"],
+                                       100.0 * (totals["real pixels"] / totals["constant"] - 1.0))])
+    table = report.markdown_table(["layer", "pass", "ms on DummyData's constant (zeros)", "ms on real pixels",
+                                   "difference, ms"], rows)
+    return "\n".join(["#### %s: which layers real pixel values slow down" % plan.title, "", table, "",
+                      "- `caffe_stall_net.py layer-times`: one net (%s), each layer's forward and backward timed "
+                      "alone (`Net.forward/backward(start=, end=)`), on zeros and on one batch of the real crops "
+                      "finished as the layer finishes them, labels 0 for both; %d interleaved passes after one "
+                      "dropped, medians; the trainer's CPU and one BLAS thread. Shown: the passes that moved by "
+                      "%.0f ms or more." % (layers["net"], LAYER_REPEATS, LAYER_SHOWN_MS)])
+
+
+def cost_table(repeats: int, cost: dict) -> str:
     times: Dict[str, List[float]] = cost["ms"]
     names = list(times)
     float_name = [n for n in names if n.startswith("float32")][0]
@@ -353,7 +426,7 @@ def cost_table(plan: Plan, cost: dict) -> str:
                       "- `Batch.copy_into` of data and label into a real Caffe blob (what `ZmqDataLayer.forward()` "
                       "does besides receiving), in the Caffe Python, interleaved, %d times each (the first, "
                       "which faults the blob's pages in, dropped). uint8 finished bit-identical to the float32 "
-                      "payload: %s." % (plan.forward_repeats,
+                      "payload: %s." % (repeats,
                                         "yes" if cost["uint8_bit_identical_to_float32"] else "NO")])
 
 
@@ -363,7 +436,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        print(run(QUICK if args.quick else FULL))
+        print(run(args.quick))
     except ChildError as exc:
         print("bench.stall: %s\n(child logs in %s)" % (exc, LOG_DIR), file=sys.stderr)
         return 1
