@@ -1,6 +1,7 @@
 """``python -m bench``: every zfeed benchmark in one run, as one Markdown table.
 
-    python -m bench            full run (a few minutes), also written to bench/RESULTS.md
+    python -m bench            full run (a few minutes), also written to bench/RESULTS.md (its
+                               other benchmarks' sections, from the last --all, are kept)
     python -m bench --quick    short run, printed only
     python -m bench --all      then every other benchmark (bench.efficiency, .stall, .multihost,
                                .decoders, .compression, .plot), all into bench/RESULTS.md
@@ -49,7 +50,8 @@ class Plan:
     warmup_batches: int
 
 
-FULL = Plan(transport_rounds=5, transport_s=4.0, transport_warmup_s=1.0,
+# Transport runs swing by +-30 % on this shared machine; 9 paired rounds steady the median.
+FULL = Plan(transport_rounds=9, transport_s=4.0, transport_warmup_s=1.0,
             loader_rounds=3, batches=120, warmup_batches=30)
 QUICK = Plan(transport_rounds=1, transport_s=2.0, transport_warmup_s=0.5,
              loader_rounds=1, batches=30, warmup_batches=20)
@@ -135,6 +137,17 @@ def table(plan: Plan, wire: dict, loaders: dict) -> str:
     return "\n".join(lines + notes)
 
 
+RESULTS_HEAD = "# zfeed benchmark results\n\nWritten by `python3 -m bench`.\n\n"
+SECTION = "\n## bench."
+
+
+def earlier_sections() -> str:
+    """The other benchmarks' sections of RESULTS.md, as the last ``--all`` run wrote them."""
+    text = RESULTS.read_text() if RESULTS.is_file() else ""
+    start = text.find(SECTION)
+    return text[start:] if start >= 0 else ""
+
+
 MORE = ("efficiency", "stall", "multihost", "decoders", "compression", "plot")
 
 
@@ -151,7 +164,7 @@ def run_more(quick: bool) -> str:
             output += "\n\n`python -m bench.%s` exited %d: %s" % (name, result.returncode,
                                                                    result.stderr.strip()[-2000:])
         print(output + "\n")
-        sections.append("## bench.%s\n\n%s\n" % (name, output))
+        sections.append("%s%s\n\n%s\n" % (SECTION.lstrip("\n"), name, output))
     return "\n" + "\n".join(sections)
 
 
@@ -159,7 +172,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round; RESULTS.md is left alone")
     parser.add_argument("--all", action="store_true",
-                        help="then every other benchmark too (%s): about 15 minutes" % ", ".join(MORE))
+                        help="then every other benchmark too (%s): about 18 minutes" % ", ".join(MORE))
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     # SIGTERM unwinds like Ctrl-C, so every child is ended on the way out.
@@ -181,7 +194,9 @@ def main(argv=None) -> int:
     if args.all:
         report += run_more(args.quick)
     if not args.quick:
-        RESULTS.write_text("# zfeed benchmark results\n\nWritten by `python3 -m bench`.\n\n" + report)
+        if not args.all:
+            report += earlier_sections()
+        RESULTS.write_text(RESULTS_HEAD + report)
         print("written to %s" % RESULTS.relative_to(REPO), file=sys.stderr)
     return 0
 
