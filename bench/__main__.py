@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round; RESULTS.md is left alone")
     parser.add_argument("--all", action="store_true",
-                        help="then every other benchmark too (%s): about 18 minutes" % ", ".join(MORE))
+                        help="then every other benchmark too (%s): about 17 minutes" % ", ".join(MORE))
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     # SIGTERM unwinds like Ctrl-C, so every child is ended on the way out.
