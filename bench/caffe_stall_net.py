@@ -190,13 +190,18 @@ class MemoryBatchLayer(caffe.Layer):
         pass
 
 
-def make_solver(data_layer: str, body: str) -> caffe.SGDSolver:
+def from_prototxt(text: str, build):
+    """``build(path)`` with ``text`` written to a temporary prototxt file at ``path``."""
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-        f.write(SOLVER % {"layer": data_layer, "body": body})
+        f.write(text)
     try:
-        return caffe.SGDSolver(f.name)
+        return build(f.name)
     finally:
         os.unlink(f.name)
+
+
+def make_solver(data_layer: str, body: str) -> caffe.SGDSolver:
+    return from_prototxt(SOLVER % {"layer": data_layer, "body": body}, caffe.SGDSolver)
 
 
 def stall(args) -> dict:
@@ -299,12 +304,7 @@ def placement() -> dict:
 
 def layer_times(args) -> dict:
     net_text = INPUT_NET % {"batch": BATCH} + NETS[args.net][0]()
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-        f.write(net_text)
-    try:
-        net = caffe.Net(f.name, caffe.TRAIN)
-    finally:
-        os.unlink(f.name)
+    net = from_prototxt(net_text, lambda path: caffe.Net(path, caffe.TRAIN))
     crops = np.load(args.memory_pixels)["pixels"][0]
     real = np.subtract(crops, np.asarray(MEAN, np.float32).reshape(3, 1, 1), dtype=np.float32)
     inputs = {"constant": np.zeros_like(real), "real pixels": real}
@@ -345,13 +345,7 @@ def forward_cost(args) -> dict:
             wire.encode_batch("bench", 0, {"data": pixels, "label": labels}, indices, epochs, extra=finish)),
         "float32, copied": _received(wire.encode_batch("bench", 0, {"data": floats, "label": labels}, indices, epochs)),
     }
-    net_text = INPUT_NET % {"batch": BATCH}
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-        f.write(net_text)
-    try:
-        net = caffe.Net(f.name, caffe.TEST)
-    finally:
-        os.unlink(f.name)
+    net = from_prototxt(INPUT_NET % {"batch": BATCH}, lambda path: caffe.Net(path, caffe.TEST))
     data, label = net.blobs["data"].data, net.blobs["label"].data
     times = {name: [] for name in batches}
     for _ in range(args.repeats):
