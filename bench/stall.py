@@ -25,9 +25,9 @@ round):
   ``bench.dataset`` with 1 worker: on this 2-core machine its decoding
   shares the cores with the trainer.
 
-A constant input is not free of a cost real images have: Caffe's CPU max
-pooling runs slower on real pixel values (its comparisons stop being
-predictable), whatever delivers them. So each net's layers are also timed
+A constant input is spared a cost real images have: Caffe's CPU max
+pooling runs slower on real pixel values than on a constant, whatever
+delivers them. So each net's layers are also timed
 one by one on zeros and on real crops (``layer-times``), and every zfeed
 feed is also compared with the in-memory layer of the same real pixels.
 
@@ -213,6 +213,7 @@ def placements() -> List[Placement]:
 def run(quick: bool) -> str:
     head = report.machine_line("zfeed trainer stall (bench/stall.py)")
     sections = []
+    trainer_cpus = placements()[0].trainer_cpus  # the trainer's own core, where there are two
     with Children(LOG_DIR) as children:
         for plan in plans(quick):
             for placement in placements():
@@ -222,7 +223,7 @@ def run(quick: bool) -> str:
             layers = children.result(children.start(
                 "stall-%s-layer-times" % plan.net,
                 [caffe_python(), CAFFE_SIDE, "layer-times", "--net", plan.net, "--memory-pixels", str(memory_pixels()),
-                 "--repeats", str(LAYER_REPEATS)], dict(python_env(), **ONE_BLAS_THREAD), placements()[0].trainer_cpus),
+                 "--repeats", str(LAYER_REPEATS)], dict(python_env(), **ONE_BLAS_THREAD), trainer_cpus),
                 STARTUP_ALLOWANCE_S + 2 * (LAYER_REPEATS + 1) * plan.slowest_iteration_s)
             sections += [layer_table(plan, layers), ""]
         repeats = forward_repeats(quick)
