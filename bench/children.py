@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import AbstractSet, Dict, List, Optional, Sequence
+from typing import AbstractSet, Callable, Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 TERM_GRACE_S = 3.0
@@ -26,6 +26,19 @@ _PR_SET_PDEATHSIG = 1
 
 class ChildError(RuntimeError):
     """A child failed or overran its deadline; the message ends with its log."""
+
+
+def print_report(prog: str, log_dir: Path, produce: Callable[[], str]) -> int:
+    """A benchmark's ``main()`` after its arguments: print what ``produce()`` returns (status 0),
+    or say which child failed and where the logs are (status 1). SIGTERM unwinds like Ctrl-C,
+    so every child is ended on the way out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        print(produce())
+    except ChildError as exc:
+        print("%s: %s\n(child logs in %s)" % (prog, exc, log_dir), file=sys.stderr)
+        return 1
+    return 0
 
 
 def free_port() -> int:

@@ -24,7 +24,6 @@ each batch would cost the server and the trainer at that rate.
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 
 from bench import dataset, report
-from bench.children import ChildError, Children
+from bench.children import Children, print_report
 from bench.server_rate import ServedStream
 
 LOG_DIR = dataset.CACHE_DIR / "logs"
@@ -196,13 +195,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compression", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 batches, 2 rounds")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        print(run(QUICK if args.quick else FULL))
-    except ChildError as exc:
-        print("bench.compression: %s\n(child logs in %s)" % (exc, LOG_DIR), file=sys.stderr)
-        return 1
-    return 0
+    return print_report("bench.compression", LOG_DIR, lambda: run(QUICK if args.quick else FULL))
 
 
 if __name__ == "__main__":

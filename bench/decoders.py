@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import ctypes.util
 import io
-import signal
 import statistics
 import sys
 import time
@@ -43,7 +42,7 @@ import numpy as np
 import simplejpeg
 
 from bench import dataset, report
-from bench.children import REPO, ChildError, Children, caffe_python, python_env
+from bench.children import REPO, Children, caffe_python, print_report, python_env
 from server.caffe_proto import Datum
 from server.decode import COLOR_NATIVE, decode_image
 
@@ -218,13 +217,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 15")
     parser.add_argument("--no-caffe", action="store_true", help="skip the comparison with Caffe's decoder")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        print(run(3 if args.quick else 15, not args.no_caffe))
-    except ChildError as exc:
-        print("bench.decoders: %s\n(child logs in %s)" % (exc, LOG_DIR), file=sys.stderr)
-        return 1
-    return 0
+    return print_report("bench.decoders", LOG_DIR, lambda: run(3 if args.quick else 15, not args.no_caffe))
 
 
 if __name__ == "__main__":

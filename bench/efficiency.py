@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import linecache
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ import cv2
 import simplejpeg
 
 from bench import dataset, report
-from bench.children import REPO, ChildError, Children
+from bench.children import REPO, ChildError, Children, print_report
 from bench.decoders import jpeg_bytes
 from bench.server_rate import ServedStream
 from server.decode import COLOR_NATIVE, decode_image, simplejpeg_colorspace
@@ -301,13 +300,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one short round")
     parser.add_argument("--svg", action="store_true", help="also write a py-spy flame graph")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        print(run(QUICK if args.quick else FULL, args.svg))
-    except ChildError as exc:
-        print("bench.efficiency: %s\n(child logs in %s)" % (exc, LOG_DIR), file=sys.stderr)
-        return 1
-    return 0
+    return print_report("bench.efficiency", LOG_DIR, lambda: run(QUICK if args.quick else FULL, args.svg))
 
 
 if __name__ == "__main__":

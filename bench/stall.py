@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -71,7 +70,7 @@ import lmdb
 import numpy as np
 
 from bench import dataset, report
-from bench.children import REPO, ChildError, Children, caffe_python, free_port, python_env
+from bench.children import REPO, Children, caffe_python, free_port, print_report, python_env
 from bench.server_rate import child_pids, server_command
 from server.caffe_proto import Datum, image_to_datum
 
@@ -435,13 +434,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stall", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 short rounds")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        print(run(args.quick))
-    except ChildError as exc:
-        print("bench.stall: %s\n(child logs in %s)" % (exc, LOG_DIR), file=sys.stderr)
-        return 1
-    return 0
+    return print_report("bench.stall", LOG_DIR, lambda: run(args.quick))
 
 
 if __name__ == "__main__":
