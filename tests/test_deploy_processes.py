@@ -148,6 +148,9 @@ def lmdb_records(path):
         return list(txn.cursor())
 
 
+EPOCH_DEADLINE_S = 60
+
+
 @needs_isolation
 def test_statefulset_pods_serve_each_sample_once_per_epoch_and_stop_on_sigterm(tmp_path):
     name = "zfeed-server"
@@ -204,13 +207,17 @@ def test_statefulset_pods_serve_each_sample_once_per_epoch_and_stop_on_sigterm(t
         assert sorted(train_layer["address"]) == sorted(pod_names.values())
         size = len(first)
         seen = set()
+        # Each pod streams its own shard's epochs at its own pace: a pod whose first batches come
+        # late lets the other run several epochs ahead, so epoch 0 is bounded in time, not samples.
+        deadline = time.monotonic() + EPOCH_DEADLINE_S
         with BatchClient(train_layer["address"], timeout_s=min(train_layer["timeout_s"], 20)) as client:
             while sum(1 for epoch, _ in seen if epoch == 0) < size:
                 batch = client.receive()
                 for pair in zip(batch.epochs.tolist(), batch.indices.tolist()):
                     assert pair not in seen, "sample %d of epoch %d delivered twice" % pair[::-1]
                     seen.add(pair)
-                assert len(seen) < 3 * size, "epoch 0 is still incomplete after %d samples" % len(seen)
+                assert time.monotonic() < deadline, "epoch 0 is still incomplete after %d s (%d samples)" % (
+                    EPOCH_DEADLINE_S, len(seen))
         assert sorted(index for epoch, index in seen if epoch == 0) == list(range(size))
 
         for pod in pods:  # Kubernetes sends SIGTERM, and SIGKILL after the grace period
