@@ -4,8 +4,9 @@
         for batch in client:
             batch.array("data"), batch.indices, batch.epochs
 
-ZeroMQ's I/O thread receives up to ``prefetch`` batches in the background
-while the caller works; ``receive()`` hands over the next one without a copy.
+ZeroMQ's I/O thread receives up to ``prefetch`` messages in the background
+while the caller works; ``receive()`` hands over the next batch without a
+copy (a message of several small batches is handed over one batch at a time).
 Every wait is bounded: ``receive()`` logs that it is waiting every
 ``WAIT_LOG_INTERVAL_S`` and raises ``NoDataError`` after ``timeout_s``.
 """
@@ -16,7 +17,8 @@ import atexit
 import logging
 import time
 import weakref
-from typing import List, Optional, Sequence, Union
+from collections import deque
+from typing import Deque, List, Optional, Sequence, Union
 
 import zmq
 import zmq.auth
@@ -77,6 +79,7 @@ class BatchClient:
         self.last_rejection = ""  # why the last one was dropped
         self.batches_received = 0
         self.samples_received = 0
+        self._received: Deque[wire.Batch] = deque()  # the rest of the last message's batches
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PULL)
         _open_clients.add(self)
@@ -136,6 +139,8 @@ class BatchClient:
         in ``rejected``: whoever can reach the socket must not be able to stop
         training by sending garbage.
         """
+        if self._received:
+            return self._count(self._received.popleft())
         started = time.monotonic()
         deadline = started + self.timeout_s
         next_log = started + WAIT_LOG_INTERVAL_S
@@ -144,10 +149,9 @@ class BatchClient:
                 if self._socket.poll(int(max(0.0, min(deadline, next_log) - time.monotonic()) * 1000) + 1):
                     frames = self._socket.recv_multipart(copy=False)
                     try:
-                        batch = wire.decode_batch(frames, self.max_batch_bytes)
-                        self.batches_received += 1
-                        self.samples_received += batch.size
-                        return batch
+                        batches = wire.decode_batch(frames, self.max_batch_bytes).split()
+                        self._received.extend(batches[1:])
+                        return self._count(batches[0])
                     except wire.WireError as exc:
                         self.rejected += 1
                         self.last_rejection = str(exc)
@@ -161,6 +165,11 @@ class BatchClient:
                     next_log = now + WAIT_LOG_INTERVAL_S
         finally:
             self.wait_s += time.monotonic() - started
+
+    def _count(self, batch: wire.Batch) -> wire.Batch:
+        self.batches_received += 1
+        self.samples_received += batch.size
+        return batch
 
     def __iter__(self) -> "BatchClient":
         return self

@@ -57,6 +57,34 @@ def test_real_frame_limit_keeps_a_caffenet_batch_under_32_mib():
     assert max(stop - start for start, stop in spec.frame_rows()) * spec.row_bytes < 32 * 2**20
 
 
+def test_a_message_of_several_batches_splits_into_consecutive_batches_without_copies():
+    pixels = np.arange(12 * 2 * 3 * 3, dtype=np.uint8).reshape(12, 2, 3, 3)
+    label = np.arange(12, dtype=np.float32)
+    finish = {"finish": {"data": {"mean": [1.0, 2.0], "scale": 0.5}}}
+    received = as_bytes(wire.encode_batch("host:1", 7, {"data": pixels, "label": label},
+                                          indices=np.arange(100, 112), epochs=np.arange(12) // 5,
+                                          extra=finish, batch_rows=4))
+    batches = wire.decode_batch(received, LIMIT).split()
+    assert [b.seq for b in batches] == [7, 8, 9]
+    for number, batch in enumerate(batches):
+        rows = slice(4 * number, 4 * number + 4)
+        assert batch.size == 4 and batch.shape("data") == (4, 2, 3, 3)
+        assert batch.indices.tolist() == list(range(100, 112))[rows]
+        assert batch.epochs.tolist() == (np.arange(12) // 5)[rows].tolist()
+        assert np.array_equal(batch.raw("data"), pixels[rows])
+        assert np.shares_memory(batch.raw("data"), np.frombuffer(received[1], np.uint8))
+        expected = (pixels[rows].astype(np.float32) - np.float32([1, 2]).reshape(2, 1, 1)) * np.float32(0.5)
+        assert np.array_equal(batch.array("data"), expected)
+        assert np.array_equal(batch.array("label"), label[rows])
+    assert sum(b.wire_bytes for b in batches) == sum(len(f) for f in received)
+
+
+def test_a_message_of_one_batch_splits_into_itself():
+    _, _, frames = make_batch()
+    batch = wire.decode_batch(as_bytes(frames), LIMIT)
+    assert batch.split() == [batch]
+
+
 def test_copy_into_checks_the_destination_shape():
     _, _, frames = make_batch()
     with pytest.raises(ValueError, match="destination"):
@@ -74,7 +102,12 @@ def with_header(frames, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"zfeed": 1}, "version 1, this side speaks version 2"),
+    ({"zfeed": 2}, "version 2, this side speaks version 3"),
+    ({"batch_rows": 3}, "'batch_rows' 3 does not divide the message's 4 samples"),
+    ({"batch_rows": 0}, "'batch_rows' 0 does not divide"),
+    ({"batch_rows": True}, "'batch_rows' True does not divide"),
+    ({"batch_rows": 2, "arrays": [["data", "<f4", [4, 3, 5, 5], 1], ["label", "<f4", [4], 4]]},
+     "several batches must hold each array in one frame"),
     ({"zfeed": None}, "version None"),
     ({"kind": "hello"}, "kind 'hello'"),
     ({"seq": "x"}, "integer 'seq'"),
