@@ -4,8 +4,8 @@ NOTE [ Exactly once per epoch ]
 Stream positions (see server/plan.py) are handed out in order, each once.
 Batch k starts with the next B positions, so without bad samples batch k is
 positions kB to kB + B - 1, whatever the workers do. A row whose sample is
-bad (unreadable, or it crashed a worker ``MAX_CRASHES`` times) gets the next
-free position instead, so batches stay full; a sample known to be bad is
+bad (unreadable, or it crashed a worker ``MAX_CRASHES`` times and then a probe
+that read it alone, see ``prove_bad``) gets the next free position instead, so batches stay full; a sample known to be bad is
 passed over whenever its position comes up again, and counted each time.
 Work lost with a dead worker is re-issued with the same positions and draws,
 so it is neither lost nor repeated. Hence every sample of every epoch is
@@ -13,6 +13,14 @@ delivered exactly once, except the samples reported as skipped.
 
 With compression (``packing``), a batch whose rows are all filled gets one
 more task, ``PackTask``: compress its frames. It is complete when that is done.
+
+NOTE [ Batches per message ]
+Small samples travel several consecutive batches to a message
+(``batches_per_message``), so that the fixed costs of a task, a message
+and a header are paid once for all of them. Here such a group is one
+``PendingBatch`` of ``batch_count`` batches, starting at batch ``seq``,
+filled in one slot by one task. It changes nothing of what each batch
+holds: batch k still takes positions kB.. and the draws of (seed, k).
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ MAX_CRASHES = 2
 
 @dataclass
 class RowTask:
-    """Fill ``rows`` of the batch in ``slot`` with the samples ``indices``, using ``draws``."""
+    """Fill ``rows`` of the batch in ``slot`` with the samples ``indices``, using ``draws``.
+    ``sample_by_sample``: read each sample alone, so that a crash names its sample."""
 
     task_id: int
     seq: int
@@ -41,15 +50,17 @@ class RowTask:
     rows: np.ndarray
     indices: np.ndarray
     draws: np.ndarray
+    sample_by_sample: bool = False
 
 
 @dataclass
 class PackTask:
-    """Compress the frames of the filled batch in ``slot`` into the slot's packed room."""
+    """Compress the frames of the first ``rows`` rows of the filled slot ``slot`` into its packed room."""
 
     task_id: int
     seq: int
     slot: int
+    rows: int
 
 
 Task = Union[RowTask, PackTask]
@@ -58,7 +69,10 @@ PackedLengths = Dict[str, List[int]]  # array name -> each frame's length on the
 
 @dataclass
 class PendingBatch:
+    """Batches ``seq`` to ``seq + batch_count - 1`` being filled in ``slot`` (one message)."""
+
     seq: int
+    batch_count: int
     slot: int
     indices: np.ndarray
     epochs: np.ndarray
@@ -72,10 +86,16 @@ class BatchAssembly:
     """Hands out positions, tracks unfilled rows, and replaces bad samples."""
 
     def __init__(self, plan: EpochPlan, describe: Callable[[int], str], first_seq: int = 0,
-                 first_position: int = 0, packing: bool = False):
+                 first_position: int = 0, packing: bool = False, batches_per_message: int = 1,
+                 prove_bad: Callable[[int], Optional[str]] = lambda index: "it crashed a loader worker"):
+        """``prove_bad(index)``: read sample ``index`` alone where a crash costs nothing; the
+        reason it is bad, or None. A sample in flight at ``MAX_CRASHES`` deaths is skipped only
+        if this proves it bad, so deaths from outside (SIGKILL, the OOM killer) cost no sample."""
         self.plan = plan
         self.describe = describe
+        self.prove_bad = prove_bad
         self.packing = packing
+        self.batches_per_message = batches_per_message
         self.next_seq = first_seq
         self.next_position = first_position
         self.pending: Dict[int, PendingBatch] = {}
@@ -117,13 +137,16 @@ class BatchAssembly:
         return RowTask(next(self._task_ids), batch.seq, batch.slot, rows, batch.indices[rows], batch.draws[rows])
 
     def start(self, slot: int) -> RowTask:
-        """Begin the next batch in ``slot``; returns the task filling all its rows."""
-        size = self.plan.batch_size
+        """Begin the next message's batches in ``slot``; returns the task filling all their rows."""
+        count = self.batches_per_message
+        if self.plan.batch_count is not None:
+            count = min(count, self.plan.batch_count - self.next_seq)
+        size = count * self.plan.batch_size
         indices, epochs, floor = self._take(size)
-        batch = PendingBatch(self.next_seq, slot, indices, epochs, self.plan.draws(self.next_seq),
-                             set(range(size)), floor)
+        draws = np.concatenate([self.plan.draws(seq) for seq in range(self.next_seq, self.next_seq + count)])
+        batch = PendingBatch(self.next_seq, count, slot, indices, epochs, draws, set(range(size)), floor)
         self.pending[batch.seq] = batch
-        self.next_seq += 1
+        self.next_seq += count
         return self._task(batch, np.arange(size))
 
     def mark_bad(self, index: int, reason: str) -> None:
@@ -152,7 +175,7 @@ class BatchAssembly:
                 batch.missing.discard(row)
         refill = self._replace(batch, sorted(bad_rows))
         if refill is None and self.packing and not batch.missing:
-            return PackTask(next(self._task_ids), batch.seq, batch.slot)
+            return PackTask(next(self._task_ids), batch.seq, batch.slot, len(batch.indices))
         return refill
 
     def packed(self, task: PackTask, lengths: PackedLengths) -> None:
@@ -165,15 +188,19 @@ class BatchAssembly:
         if crashing_index is not None:
             self.crashes[crashing_index] = self.crashes.get(crashing_index, 0) + 1
             if self.crashes[crashing_index] >= MAX_CRASHES:
-                self.mark_bad(crashing_index, "it crashed a loader worker %d times" % MAX_CRASHES)
-                bad = [row for row in task.rows.tolist() if batch.indices[row] == crashing_index]
+                reason = self.prove_bad(crashing_index)
+                if reason is None:  # it reads fine alone: the deaths came from elsewhere
+                    del self.crashes[crashing_index]
+                else:
+                    self.mark_bad(crashing_index, "it was being read in %d loader worker deaths, and reading it "
+                                                  "alone %s" % (MAX_CRASHES, reason))
+                    bad = [row for row in task.rows.tolist() if batch.indices[row] == crashing_index]
         replacement = self._replace(batch, bad)
         rest = np.array([row for row in task.rows.tolist() if row not in bad], dtype=np.int64)
-        retry = self._task(batch, rest)
         if replacement is not None:
-            retry = RowTask(retry.task_id, batch.seq, batch.slot, np.concatenate([rest, replacement.rows]),
-                            np.concatenate([retry.indices, replacement.indices]),
-                            np.concatenate([retry.draws, replacement.draws]))
+            rest = np.concatenate([rest, replacement.rows])
+        retry = self._task(batch, rest)
+        retry.sample_by_sample = True  # a crash in a block read names no sample: read them one by one
         return retry
 
     def complete(self, seq: int) -> bool:

@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from server.transform import (Crops, TransformParams, choose_crops, crop_into, finish_on_trainer, output_shape,
-                              trainer_arithmetic, transform_into)
+from server.transform import (Crops, TransformParams, choose_crops, crop_block_into, crop_into, finish_on_trainer,
+                              output_shape, trainer_arithmetic, transform_block_into, transform_into)
 
 TRANSFORMED = "data"
 BLOB_DTYPE = np.dtype(np.float32)
@@ -77,6 +77,8 @@ _IMAGE, _SCALAR, _ROW = "image", "scalar", "row"
 class RowWriter:
     """Writes the samples of one task into their rows of ``batch``.
 
+    ``write_block(positions, rows, arrays)`` writes a block of samples read
+    together (``Source.read_many``) at once, vectorised over the block.
     ``write(position, row, sample)`` writes the task's sample number ``position``
     (its row of ``draws``) into batch row ``row``. It checks the sample against
     the layout first, so a sample that does not fit is refused alone
@@ -118,6 +120,52 @@ class RowWriter:
         self._rows.append(row)
         for values, value in zip(self._scalars.values(), scalars):
             values.append(value)
+
+    def write_block(self, positions: np.ndarray, rows: np.ndarray, arrays: Dict[str, np.ndarray]) -> None:
+        """Write the block of samples ``positions`` of the task into batch rows ``rows``;
+        ValueError, having written nothing, if the block does not fit the layout."""
+        names = [name for name, _, _ in self._kinds]
+        if sorted(arrays) != sorted(names):
+            raise ValueError("it has arrays %s, the batch %s" % (sorted(arrays), sorted(names)))
+        for name, kind, shape in self._kinds:
+            value = arrays[name]
+            if len(value) != len(positions):
+                raise ValueError("its %r has %d rows for %d samples" % (name, len(value), len(positions)))
+            if kind == _IMAGE:
+                self._check_image_block(value, self.batch[name].shape[1:])
+            elif value.shape[1:] != shape:
+                raise ValueError("its %r is %s per sample, the batch holds %s" % (name, value.shape[1:], shape))
+        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all()
+        for name, kind, _ in self._kinds:
+            target = self.batch[name]
+            out = target[rows[0]:rows[-1] + 1] if contiguous else np.empty((len(rows),) + target.shape[1:],
+                                                                          target.dtype)
+            if kind == _IMAGE:
+                self._image_block_into(positions, arrays[name], out)
+            else:
+                out[...] = arrays[name]
+            if not contiguous:
+                target[rows] = out
+
+    def _check_image_block(self, images: np.ndarray, target_shape: Tuple[int, ...]) -> None:
+        if images.ndim != 4 or images.shape[1] != target_shape[0]:
+            raise ValueError("its images are %s, the batch holds %s" % (images.shape[1:], target_shape))
+        crops = self._crops_for(images.shape[2], images.shape[3])
+        if (crops.height, crops.width) != target_shape[1:]:
+            raise ValueError("its images are %dx%d, the batch holds %dx%d"
+                             % (images.shape[2], images.shape[3], target_shape[1], target_shape[2]))
+        if self.layout.pixels_on_wire and images.dtype != np.uint8:
+            raise ValueError("it has %s pixels; this stream sends uint8 pixels" % images.dtype)
+
+    def _image_block_into(self, positions: np.ndarray, images: np.ndarray, out: np.ndarray) -> None:
+        """The block's images cropped and mirrored (uint8 pixels on the wire) or transformed."""
+        crops = self._crops_for(images.shape[2], images.shape[3])
+        h_offs, w_offs = np.asarray(crops.h_offs)[positions], np.asarray(crops.w_offs)[positions]
+        mirrors = np.asarray(crops.mirrors, dtype=bool)[positions]
+        if self.layout.pixels_on_wire:
+            crop_block_into(images, h_offs, w_offs, mirrors, out)
+        else:
+            transform_block_into(images, self.layout.transform, h_offs, w_offs, mirrors, out)
 
     def finish(self) -> None:
         """Write the gathered arrays of scalar shape into the rows written."""

@@ -33,10 +33,11 @@ class BatchSender:
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
                  curve: Optional[CurveServer] = None, extra: Optional[dict] = None,
                  codec_name: Optional[str] = None):
-        """``extra`` goes into every header (e.g. how the trainer finishes uint8 pixels);
-        ``codec_name`` names the compression of packed frames."""
+        """``specs``: the arrays of a full message; ``extra`` goes into every header (e.g. how
+        the trainer finishes uint8 pixels); ``codec_name`` names the compression of packed frames."""
         self.stream_id = stream_id
         self.specs = list(specs)
+        self._specs_by_rows = {spec.shape[0]: self.specs for spec in self.specs[:1]}
         self.extra = extra
         self.codec_name = codec_name
         self.socket = context.socket(zmq.PUSH)
@@ -71,17 +72,20 @@ class BatchSender:
 
     def send(self, seq: int, arrays: Dict[str, np.ndarray], indices: np.ndarray,
              epochs: np.ndarray, token: Any,
-             packed: Optional[Tuple[Dict[str, np.ndarray], Dict[str, List[int]]]] = None) -> bool:
-        """Send batch ``seq`` from ``arrays`` without copying them; ``token`` comes
-        back from ``release_sent`` once ZeroMQ no longer needs the arrays.
-        ``packed``: the slot's packed room and each array's frame lengths in it.
+             packed: Optional[Tuple[Dict[str, np.ndarray], Dict[str, List[int]]]] = None,
+             batch_rows: Optional[int] = None) -> bool:
+        """Send the message of batches ``seq``.. from ``arrays`` without copying them; ``token``
+        comes back from ``release_sent`` once ZeroMQ no longer needs the arrays.
+        ``packed``: the slot's packed room and each array's frame lengths in it;
+        ``batch_rows``: rows of one batch, when the message holds several.
 
         Returns False, having sent nothing, when no trainer can take it now: the
         socket may say it is writable for a peer that is gone an instant later.
         """
-        parts: List[object] = [wire.encode_header(self.stream_id, seq, self.specs, indices, epochs, self.extra,
-                                                  self.codec_name)]
-        for spec in self.specs:
+        specs = self._specs_for(len(indices))
+        parts: List[object] = [wire.encode_header(self.stream_id, seq, specs, indices, epochs, self.extra,
+                                                  self.codec_name, batch_rows)]
+        for spec in specs:
             if packed is None:
                 parts.extend(wire.array_frames(spec, arrays[spec.name]))
             else:
@@ -94,6 +98,14 @@ class BatchSender:
             return False  # libzmq rolls back a partly queued multipart message: nothing left
         self._in_flight.append((zmq.MessageTracker(*frames), token))
         return True
+
+    def _specs_for(self, rows: int) -> List[wire.ArraySpec]:
+        """The specs of a message of ``rows`` rows (a last message may hold fewer batches)."""
+        specs = self._specs_by_rows.get(rows)
+        if specs is None:
+            specs = self._specs_by_rows[rows] = [wire.array_spec(s.name, s.dtype, (rows,) + s.shape[1:])
+                                                 for s in self.specs]
+        return specs
 
     def release_sent(self) -> List[Any]:
         """Tokens of the batches whose frames ZeroMQ has finished with, in send order."""

@@ -18,8 +18,10 @@ A worker's pipe and its process sentinel both wake the loop, so a death is
 seen at once. The supervisor logs which worker died, how, and which sample
 it was reading; starts a replacement with the same id; and re-issues the
 dead worker's unfinished tasks with the same positions and draws. A sample
-that was being read in ``MAX_CRASHES`` deaths is treated as bad (skipped, or
-fatal with ``--on-bad-sample fail``). Workers that keep dying without
+that was being read in ``MAX_CRASHES`` deaths is read once more, alone, in a
+disposable probe process (``worker_pool.probe_sample``): only if that fails
+too is it treated as bad (skipped, or fatal with ``--on-bad-sample fail``),
+so a worker killed from outside never costs a good sample. Workers that keep dying without
 finishing anything (``MAX_DEATHS_WITHOUT_PROGRESS``) stop the server.
 
 NOTE [ Shutdown protocol ]
@@ -45,7 +47,7 @@ from typing import Deque, List, Optional
 import zmq
 
 from client_layer import wire
-from server.assembly import MAX_CRASHES, BatchAssembly, PackedLengths, PackTask, Task
+from server.assembly import BatchAssembly, PackTask, PendingBatch, Task
 from server.batch_buffer import BatchSlots, slot_bytes_for
 from server.config import ConfigError, PreparedData, ServerConfig
 from server.curve import CurveServer
@@ -55,7 +57,7 @@ from server.resume_state import ResumeState
 from server.sender import BatchSender, SenderError
 from server.throughput import ThroughputLog
 from server.worker import WorkerSetup
-from server.worker_pool import WorkerHandle, WorkerPool, describe_exit, new_progress
+from server.worker_pool import WorkerHandle, WorkerPool, describe_exit, new_progress, probe_sample
 
 log = logging.getLogger("zfeed.server")
 
@@ -65,13 +67,34 @@ TASKS_PER_WORKER = 2
 MIN_SLOTS = 2
 SEND_QUEUE_SLOTS = 8
 MAX_DEATHS_WITHOUT_PROGRESS = 5
+# NOTE [ Batches per message ] (assembly.py): small batches go out together, in messages of about
+# this size; a few MB amortise the per-message work on both sides and keep the trainer's
+# prefetch small.
+MESSAGE_TARGET_BYTES = 4 * 2**20
+MAX_BATCHES_PER_MESSAGE = 64
+MAX_ROWS_PER_MESSAGE = 16384  # the header carries 12 bytes per sample: stay far below its limit
 
 
-def slot_count_for(slot_bytes: int, workers: int, max_inflight_mb: float) -> int:
-    """Enough slots to keep every worker busy and a queue ready to send, within the memory
-    budget (but never fewer than ``MIN_SLOTS``); more would only add memory."""
-    wanted = TASKS_PER_WORKER * workers + SEND_QUEUE_SLOTS
+def slot_count_for(slot_bytes: int, workers: int, max_inflight_mb: float, batches_per_slot: int = 1) -> int:
+    """Enough slots to keep every worker busy and ``SEND_QUEUE_SLOTS`` batches ready to send,
+    within the memory budget (but never fewer than ``MIN_SLOTS``); more would only add memory
+    (and, with bad samples, push their replacements further down the stream)."""
+    wanted = TASKS_PER_WORKER * workers + -(-SEND_QUEUE_SLOTS // batches_per_slot)
     return max(MIN_SLOTS, min(wanted, int(max_inflight_mb * 2**20 // slot_bytes)))
+
+
+def batches_per_message_for(batch_specs: List[wire.ArraySpec], batch_slot_bytes: int, workers: int,
+                            max_inflight_mb: float) -> int:
+    """How many batches of ``batch_specs`` one message carries: as many as fit
+    ``MESSAGE_TARGET_BYTES``, each array of the message in one frame (see wire.py), while
+    the slots ``slot_count_for`` wants (``batch_slot_bytes`` per batch) fit the memory budget."""
+    batch_bytes = max(1, sum(s.nbytes for s in batch_specs))
+    largest = max(1, max(s.nbytes for s in batch_specs))
+    rows = max(1, batch_specs[0].shape[0])
+    wanted_slots = TASKS_PER_WORKER * workers + SEND_QUEUE_SLOTS
+    return max(1, min(MAX_BATCHES_PER_MESSAGE, MESSAGE_TARGET_BYTES // batch_bytes,
+                      wire.MAX_FRAME_BYTES // largest, MAX_ROWS_PER_MESSAGE // rows,
+                      int(max_inflight_mb * 2**20 // (wanted_slots * max(1, batch_slot_bytes)))))
 
 
 class ServerError(RuntimeError):
@@ -89,13 +112,19 @@ class DataServer:
                                   config.epochs, config.shard, getattr(prepared.source, "shuffled_order", None))
         except ValueError as exc:
             raise ConfigError("--shard: %s" % exc) from None
-        self.specs = [wire.array_spec(name, dtype, shape)
-                      for name, dtype, shape in prepared.layout.batch_arrays(config.batch_size)]
-        self.batch_bytes = sum(s.nbytes for s in self.specs)
+        batch_specs = [wire.array_spec(name, dtype, shape)
+                       for name, dtype, shape in prepared.layout.batch_arrays(config.batch_size)]
+        self.batch_bytes = sum(s.nbytes for s in batch_specs)
         self.codec = config.codec()
+        batch_slot_bytes = slot_bytes_for([(s.name, s.dtype, s.shape) for s in batch_specs], self.codec is not None)
+        self.batches_per_message = batches_per_message_for(batch_specs, batch_slot_bytes, config.workers,
+                                                           config.max_inflight_mb)
+        # The arrays of a slot: one message's batches.
+        self.specs = [wire.array_spec(name, dtype, shape) for name, dtype, shape
+                      in prepared.layout.batch_arrays(config.batch_size * self.batches_per_message)]
         layout = [(s.name, s.dtype, s.shape) for s in self.specs]
         slot_bytes = slot_bytes_for(layout, packed=self.codec is not None)
-        slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb)
+        slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
         if slot_count * slot_bytes > config.max_inflight_mb * 2**20:
             log.warning("one batch slot is %.1f MB: %d of them exceed --max-inflight-mb %.0f",
                         slot_bytes / 2**20, slot_count, config.max_inflight_mb)
@@ -105,7 +134,9 @@ class DataServer:
         self.resume = ResumeState.for_config(config, len(prepared.source))
         first_seq, first_position = self.resume.load() if self.resume else (0, 0)
         self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position,
-                                      packing=self.codec is not None)
+                                      packing=self.codec is not None,
+                                      batches_per_message=self.batches_per_message,
+                                      prove_bad=lambda index: probe_sample(self._worker_setup(-1), index))
         self.next_send = first_seq
         self.queue: Deque[Task] = deque()
         self.stop_signal: Optional[int] = None
@@ -171,11 +202,10 @@ class DataServer:
                 self.queue.appendleft(task)
                 continue
             index = crashing if crashing is not None and crashing in task.indices.tolist() else None
-            if (index is not None and self.config.on_bad_sample == "fail"
-                    and self.assembly.crashes.get(index, 0) + 1 >= MAX_CRASHES):
-                raise ServerError("%s crashed a loader worker %d times (--on-bad-sample skip would skip it)"
-                                  % (self.prepared.source.describe(index), MAX_CRASHES))
             self.queue.appendleft(self.assembly.crashed(task, index))
+            if index is not None and index in self.assembly.bad_samples and self.config.on_bad_sample == "fail":
+                raise ServerError("%s: %s (--on-bad-sample skip would skip it)"
+                                  % (self.prepared.source.describe(index), self.assembly.bad_samples[index]))
         self.pool.replace(handle)
         if self.metrics:
             self.metrics.restarts.inc()
@@ -185,24 +215,26 @@ class DataServer:
     def _send_ready(self, sender: BatchSender) -> None:
         while self.assembly.complete(self.next_send) and sender.can_send:
             batch = self.assembly.pending[self.next_send]
+            rows = len(batch.indices)
+            arrays = {name: array[:rows] for name, array in self.slots.arrays(batch.slot).items()}
             packed = (self.slots.packed(batch.slot), batch.packed_lengths) if self.codec else None
-            if not sender.send(batch.seq, self.slots.arrays(batch.slot), batch.indices, batch.epochs,
-                               token=batch, packed=packed):
+            if not sender.send(batch.seq, arrays, batch.indices, batch.epochs, token=batch, packed=packed,
+                               batch_rows=self.config.batch_size):
                 return
             self.assembly.pop(self.next_send)
-            self.next_send += 1
-            wire_bytes = self._wire_bytes(batch.packed_lengths)
-            self.throughput.sent_batch(wire_bytes)
+            self.next_send += batch.batch_count
+            wire_bytes = self._wire_bytes(batch)
+            self.throughput.sent(batch.batch_count, wire_bytes)
             if self.metrics:
-                self.metrics.batches.inc()
-                self.metrics.samples.inc(self.config.batch_size)
+                self.metrics.batches.inc(batch.batch_count)
+                self.metrics.samples.inc(rows)
                 self.metrics.bytes.inc(wire_bytes)
 
-    def _wire_bytes(self, packed_lengths: Optional[PackedLengths]) -> int:
-        """Bytes of a batch's arrays on the wire: compressed frames count as sent."""
-        if packed_lengths is None:
-            return self.batch_bytes
-        return sum(sum(lengths) for lengths in packed_lengths.values())
+    def _wire_bytes(self, batch: PendingBatch) -> int:
+        """Bytes of a message's arrays on the wire: compressed frames count as sent."""
+        if batch.packed_lengths is None:
+            return self.batch_bytes * batch.batch_count
+        return sum(sum(lengths) for lengths in batch.packed_lengths.values())
 
     def _finished(self, sender: BatchSender) -> bool:
         return (not self.assembly.can_start and not self.assembly.pending and not self.queue
@@ -220,7 +252,7 @@ class DataServer:
     # -- the loop ----------------------------------------------------------------------------
 
     def _update_metrics(self, sender: BatchSender) -> None:
-        queued = len(self.assembly.pending) + sender.in_flight
+        queued = (len(self.assembly.pending) + sender.in_flight) * self.batches_per_message
         self.metrics.queued_batches.set(queued)
         self.metrics.queued_bytes.set(queued * self.batch_bytes)
         self.metrics.workers_busy.set(self.pool.busy_count())
@@ -269,16 +301,18 @@ class DataServer:
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
             shard = self.config.shard
-            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB",
+            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB"
+                     " (%d batches per message)",
                      self.plan.local_size,
                      " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
                      if shard.count > 1 else "", self.config.source,
-                     ", ".join("%s %s" % (s.name, "x".join(map(str, s.shape))) for s in self.specs),
+                     ", ".join("%s %s" % (s.name, "x".join(map(str, (self.config.batch_size,) + s.shape[1:])))
+                               for s in self.specs),
                      ", ".join(self.config.bind + self.config.connect),
                      " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
                      ", compressing with %s" % self.codec.describe() if self.codec else "",
                      len(self.pool.workers),
-                     self.slots.slot_count, self.slots.slot_bytes / 2**20)
+                     self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
             while self.stop_signal is None and not self._finished(sender):
                 self._start_batches()
                 self._assign()
@@ -286,7 +320,7 @@ class DataServer:
                 self._send_ready(sender)
                 self.free_slots.extend(batch.slot for batch in sender.release_sent())
                 self._save_resume_state(sender)
-                self.throughput.maybe_log(len(self.assembly.pending) + sender.in_flight,
+                self.throughput.maybe_log((len(self.assembly.pending) + sender.in_flight) * self.batches_per_message,
                                           self.pool.busy_count())
                 if self.metrics:
                     self._update_metrics(sender)

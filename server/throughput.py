@@ -19,9 +19,10 @@ class ThroughputLog:
         self._window_bytes = 0
         self._window_start = time.monotonic()
 
-    def sent_batch(self, wire_bytes: int) -> None:
-        self.total_batches += 1
-        self._window_batches += 1
+    def sent(self, batches: int, wire_bytes: int) -> None:
+        """``batches`` more batches left, ``wire_bytes`` in all."""
+        self.total_batches += batches
+        self._window_batches += batches
         self._window_bytes += wire_bytes
 
     def maybe_log(self, batches_waiting: int, workers_busy: int) -> None:

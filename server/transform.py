@@ -134,6 +134,51 @@ def _split_into(image: np.ndarray, rows: slice, columns: slice, mirror: bool, ou
     return all(map(operator.is_, cv2.split(pixels, planes), planes))
 
 
+def _windows(h_offs: np.ndarray, w_offs: np.ndarray, mirrors: np.ndarray, width: int):
+    """(samples, h_off, w_off, mirror) for each distinct crop window of a block: ``samples``
+    selects every sample with that window (a slice, an index array, or one index).
+    Few distinct windows (centre crops, small images) are one gather each; else one per sample."""
+    count = len(h_offs)
+    keys = (h_offs * (width + 1) + w_offs) * 2 + mirrors
+    distinct, members = np.unique(keys, return_inverse=True)
+    if len(distinct) == 1:
+        return [(slice(None), int(h_offs[0]), int(w_offs[0]), bool(mirrors[0]))] if count else []
+    if len(distinct) * 4 <= count:
+        firsts = [int(np.flatnonzero(members == k)[0]) for k in range(len(distinct))]
+        return [(np.flatnonzero(members == k), int(h_offs[i]), int(w_offs[i]), bool(mirrors[i]))
+                for k, i in enumerate(firsts)]
+    return list(zip(range(count), h_offs.tolist(), w_offs.tolist(), mirrors.tolist()))
+
+
+def crop_block_into(images: np.ndarray, h_offs: np.ndarray, w_offs: np.ndarray, mirrors: np.ndarray,
+                    out: np.ndarray) -> None:
+    """``crop_into`` for a block: ``out[i]`` (N x C x h x w) is the crop of ``images[i]``
+    (N x C x H x W) at ``(h_offs[i], w_offs[i])``, mirrored when ``mirrors[i]``."""
+    height, width = out.shape[2:]
+    for samples, h_off, w_off, mirror in _windows(h_offs, w_offs, mirrors, images.shape[3]):
+        window = images[samples, ..., h_off:h_off + height, w_off:w_off + width]
+        out[samples] = window[..., ::-1] if mirror else window
+
+
+def transform_block_into(images: np.ndarray, params: TransformParams, h_offs: np.ndarray, w_offs: np.ndarray,
+                         mirrors: np.ndarray, out: np.ndarray) -> None:
+    """``transform_into`` for a block of images (N x C x H x W) into ``out`` (N x C x h x w
+    float32): the same float32 operations in the same order, so the same bits."""
+    height, width = out.shape[2:]
+    scale = np.float32(params.scale)
+    for samples, h_off, w_off, mirror in _windows(h_offs, w_offs, mirrors, images.shape[3]):
+        rows, columns = slice(h_off, h_off + height), slice(w_off, w_off + width)
+        source = images[samples, ..., rows, columns]
+        if params.mean is None:
+            result = np.multiply(source, scale, dtype=np.float32, casting="unsafe")
+        else:
+            mean = params.mean[:, rows, columns] if params.mean_is_full_size else params.mean
+            result = np.subtract(source, mean, dtype=np.float32, casting="unsafe")
+            if params.scale != 1.0:
+                np.multiply(result, scale, out=result)
+        out[samples] = result[..., ::-1] if mirror else result
+
+
 def finish_on_trainer(params: TransformParams, image_dtype: np.dtype) -> bool:
     """True when the trainer can do the arithmetic exactly: uint8 pixels and no mean file
     (a mean file would have to travel with every batch, indexed at each crop)."""

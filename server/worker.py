@@ -9,7 +9,9 @@ that if it dies the supervisor knows which sample it was on. For a
 ``PackTask`` it compresses the filled slot's frames into the slot's packed
 room and answers ``(DONE, task_id, packed_lengths)``.
 
-It exits when it receives ``None``, when the pipe closes, or when its parent
+``probe_main`` reads one suspect sample alone in a disposable process.
+
+A worker exits when it receives ``None``, when the pipe closes, or when its parent
 is gone (PDEATHSIG, and a ppid check every ``PARENT_CHECK_S`` in case the
 signal was missed). It ignores SIGINT and SIGTERM: stopping is the
 supervisor's to decide (NOTE [ Shutdown protocol ] in supervisor.py).
@@ -24,10 +26,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from client_layer import wire
 from server.assembly import PackedLengths, PackTask, RowTask, Task
 from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout, RowWriter
+from server.sources import Source
+from server.transform import DRAWS_PER_SAMPLE
 
 PARENT_CHECK_S = 0.5
 IDLE = -1
@@ -41,12 +47,12 @@ class WorkerSetup:
     """Everything a worker needs; inherited through fork, never pickled."""
 
     worker_id: int
-    source: Any
+    source: Source
     layout: BatchLayout
     slots: BatchSlots
     progress: Any  # shared int64 array, one cell per worker: the index being read, or IDLE
     parent_pid: int
-    specs: List[wire.ArraySpec]
+    specs: List[wire.ArraySpec]  # the arrays of a full slot
     codec: Optional[wire.Codec]  # compresses slots for PackTasks
 
 
@@ -58,12 +64,35 @@ def _die_with_parent() -> None:
         pass  # not Linux: the ppid check in the loop still ends the worker
 
 
+def _write_blocks(source: Source, writer: RowWriter, task: RowTask) -> List[int]:
+    """Write what ``source`` reads at once (``read_many``) into the task's rows; returns the
+    positions of the task left to read one by one."""
+    try:
+        blocks, rest = source.read_many(task.indices)
+    except Exception:  # whatever failed, the per-sample path reads each sample and names a bad one
+        return list(range(len(task.indices)))
+    left = [rest]
+    for block in blocks:
+        try:
+            writer.write_block(block.positions, task.rows[block.positions], block.arrays)
+        except ValueError:  # e.g. another image size: the per-sample path says what is wrong
+            left.append(block.positions)
+    return sorted(np.concatenate(left).tolist())
+
+
 def fill_rows(setup: WorkerSetup, task: RowTask) -> Dict[int, str]:
-    """Write the samples of ``task`` into their rows; returns {row: reason} for bad ones."""
+    """Write the samples of ``task`` into their rows; returns {row: reason} for bad ones.
+
+    Blocks first, then sample by sample; while a block is read the progress
+    cell says IDLE, so a crash there names no sample and the supervisor
+    re-issues the task ``sample_by_sample``."""
     writer = RowWriter(setup.layout, setup.slots.arrays(task.slot), task.draws)
     source, write, progress, cell = setup.source, writer.write, setup.progress, setup.worker_id
+    positions = range(len(task.rows)) if task.sample_by_sample else _write_blocks(source, writer, task)
+    rows, indices = task.rows.tolist(), task.indices.tolist()
     bad_rows = {}
-    for position, (row, index) in enumerate(zip(task.rows.tolist(), task.indices.tolist())):
+    for position in positions:
+        row, index = rows[position], indices[position]
         progress[cell] = index
         try:
             write(position, row, source.read(index))
@@ -75,10 +104,15 @@ def fill_rows(setup: WorkerSetup, task: RowTask) -> Dict[int, str]:
 
 
 def pack_slot(setup: WorkerSetup, task: PackTask) -> PackedLengths:
-    """Compress every frame of the slot of ``task`` into its packed room; returns the lengths."""
+    """Compress every frame of the slot's first ``task.rows`` rows into its packed room; returns
+    the lengths."""
     arrays, packed = setup.slots.arrays(task.slot), setup.slots.packed(task.slot)
-    return {spec.name: wire.pack_frames(setup.codec, spec, arrays[spec.name], packed[spec.name])
-            for spec in setup.specs}
+    lengths = {}
+    for spec in setup.specs:
+        message_spec = wire.array_spec(spec.name, spec.dtype, (task.rows,) + spec.shape[1:])
+        lengths[spec.name] = wire.pack_frames(setup.codec, message_spec, arrays[spec.name][:task.rows],
+                                              packed[spec.name])
+    return lengths
 
 
 def run_task(setup: WorkerSetup, task: Task) -> object:
@@ -86,6 +120,22 @@ def run_task(setup: WorkerSetup, task: Task) -> object:
     if isinstance(task, PackTask):
         return pack_slot(setup, task)
     return fill_rows(setup, task)
+
+
+def probe_main(setup: WorkerSetup, index: int) -> None:
+    """Entry point of a disposable probe: read and transform sample ``index`` alone, as a
+    worker would; it exits 0 when that works (see ``BatchAssembly.prove_bad``)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    setup.source.open()
+    try:
+        batch = {name: np.zeros(shape, dtype) for name, dtype, shape in setup.layout.batch_arrays(1)}
+        writer = RowWriter(setup.layout, batch, np.zeros((1, DRAWS_PER_SAMPLE)))
+        writer.write(0, 0, setup.source.read(index))
+        writer.finish()
+    finally:
+        setup.source.close()
 
 
 def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:

@@ -17,11 +17,12 @@ from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional
 
 from server.assembly import Task
-from server.worker import IDLE, WorkerSetup, loader_worker_main
+from server.worker import IDLE, WorkerSetup, loader_worker_main, probe_main
 
 log = logging.getLogger("zfeed.server")
 
 WORKER_JOIN_S = 3.0
+PROBE_TIMEOUT_S = 30.0
 _FORK = multiprocessing.get_context("fork")
 
 
@@ -46,6 +47,19 @@ def new_progress(count: int):
     for i in range(count):
         progress[i] = IDLE
     return progress
+
+
+def probe_sample(setup: WorkerSetup, index: int, timeout_s: float = PROBE_TIMEOUT_S) -> Optional[str]:
+    """Read sample ``index`` alone in a disposable forked process with the workers' setup:
+    None if that worked, else what happened to the probe."""
+    probe = _FORK.Process(target=probe_main, args=(setup, index), name="zfeed-probe", daemon=True)
+    probe.start()
+    probe.join(timeout_s)
+    if probe.is_alive():
+        probe.kill()
+        probe.join(1.0)
+        return "hung for %.0f s" % timeout_s
+    return None if probe.exitcode == 0 else describe_exit(probe)
 
 
 class WorkerPool:

@@ -38,3 +38,43 @@ def test_with_packing_bad_rows_are_refilled_before_the_batch_is_packed():
     pack = batches.filled(refill, {})
     assert isinstance(pack, PackTask) and pack.task_id not in (task.task_id, refill.task_id)
     assert np.unique(batches.pending[task.seq].indices).size == 4
+
+
+def started_with_crashes(prove_bad):
+    plan = EpochPlan(20, 4, seed=1, shuffle=True, epochs=None)
+    batches = BatchAssembly(plan, describe=lambda index: "sample %d" % index, prove_bad=prove_bad)
+    task = batches.start(slot=0)
+    suspect = int(task.indices[2])
+    first = batches.crashed(task, suspect)
+    return batches, task, suspect, batches.crashed(first, suspect)
+
+
+def test_a_sample_in_flight_at_two_deaths_that_reads_fine_alone_is_not_skipped():
+    probed = []
+    batches, task, suspect, retry = started_with_crashes(lambda index: probed.append(index))
+    assert probed == [suspect] and not batches.bad_samples and batches.skipped == 0
+    assert sorted(retry.rows.tolist()) == [0, 1, 2, 3] and suspect in retry.indices.tolist()
+    assert retry.sample_by_sample  # so that another crash names its sample
+    assert np.array_equal(batches.pending[task.seq].indices, task.indices)  # nothing replaced
+
+
+def test_a_sample_proven_bad_alone_is_skipped_and_its_row_refilled_with_its_own_draws():
+    batches, task, suspect, retry = started_with_crashes(lambda index: "killed by signal SIGSEGV")
+    assert "reading it alone killed by signal SIGSEGV" in batches.bad_samples[suspect]
+    assert batches.skipped == 1 and suspect not in retry.indices.tolist()
+    assert sorted(retry.rows.tolist()) == [0, 1, 2, 3]
+    assert np.array_equal(retry.draws[np.argsort(retry.rows)], task.draws)  # same draws per row
+    assert batches.pending[task.seq].indices.tolist().count(suspect) == 0
+
+
+def test_batches_of_one_message_take_consecutive_positions_and_their_own_draws():
+    plan = EpochPlan(10, 4, seed=1, shuffle=True, epochs=2)  # 5 batches in all
+    batches = BatchAssembly(plan, describe=str, batches_per_message=3)
+    first, last = batches.start(slot=0), batches.start(slot=1)
+    assert (first.seq, len(first.rows), last.seq, len(last.rows)) == (0, 12, 3, 8)  # the last is short
+    assert not batches.can_start
+    for task, seqs in ((first, range(3)), (last, range(3, 5))):
+        expected = [plan.batch(seq) for seq in seqs]
+        assert np.array_equal(task.indices, np.concatenate([b.indices for b in expected]))
+        assert np.array_equal(task.draws, np.concatenate([b.draws for b in expected]))
+    assert batches.pending[3].batch_count == 2

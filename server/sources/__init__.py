@@ -10,7 +10,10 @@ messages (its key, file or row). ``transformable`` says whether Caffe's
 ``transform_param`` may apply to ``data``. A source may define
 ``shuffled_order(rng)``, a shuffled pass over its samples with its format's
 own order semantics (HDF5 keeps a file's rows together); otherwise a
-shuffled pass is a uniform permutation.
+shuffled pass is a uniform permutation. ``read_many(indices)`` reads what it
+can of a whole batch at once (``base.Source`` states the contract); raw
+Datums, HDF5 rows and npz arrays are read that way, encoded images and
+users' datasets one by one.
 
 Formats (``--source KIND:PATH``):
 
@@ -32,7 +35,7 @@ from typing import Optional, Sequence, Tuple
 
 from server.decode import COLOR_BGR, COLOR_NATIVE
 from server.sources.arrays import NpzSource, PythonSource
-from server.sources.base import Sample, SelectedArrays, SourceError, image_sample
+from server.sources.base import BlockRead, Sample, SampleBlock, SelectedArrays, Source, SourceError, image_sample
 from server.sources.datum_db import LevelDbSource, LmdbSource, datum_image, datum_sample
 from server.sources.hdf5 import Hdf5Source, read_hdf5_list
 from server.sources.image_files import (ImageFilesSource, image_folder_source, image_list_source,
@@ -43,7 +46,8 @@ DEFAULT_DATASETS = ("data", "label")
 
 __all__ = [
     "DEFAULT_DATASETS", "Hdf5Source", "ImageFilesSource", "LevelDbSource", "LmdbSource", "NpzSource",
-    "PythonSource", "SOURCE_KINDS", "Sample", "SelectedArrays", "SourceError", "SourceOptions",
+    "BlockRead", "PythonSource", "SOURCE_KINDS", "Sample", "SampleBlock", "SelectedArrays", "Source",
+    "SourceError", "SourceOptions",
     "datum_image", "datum_sample", "image_folder_source", "image_list_source", "image_sample",
     "open_source", "read_hdf5_list", "read_image_list", "scan_class_folder",
 ]

@@ -10,13 +10,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from server.sources.base import Sample, SourceError, image_sample
+from server.sources.base import BlockRead, Sample, SampleBlock, Source, SourceError, image_sample
 
 
-class NpzSource:
+class NpzSource(Source):
     """``data`` (N x C x H x W, uint8 or float32) and ``label`` (N) arrays in an .npz file."""
-
-    transformable = True
 
     def __init__(self, path: str):
         self.path = path
@@ -52,6 +50,11 @@ class NpzSource:
     def read(self, index: int) -> Sample:
         return image_sample(self._data[index], self._labels[index])
 
+    def read_many(self, indices: np.ndarray) -> BlockRead:
+        block = SampleBlock(np.arange(len(indices)),
+                            {"data": self._data[indices], "label": self._labels[indices].astype(np.float32)})
+        return [block], np.zeros(0, np.int64)
+
 
 def _load_module(name: str):
     if name.endswith(".py"):
@@ -65,7 +68,7 @@ def _load_module(name: str):
     return importlib.import_module(name)
 
 
-class PythonSource:
+class PythonSource(Source):
     """A user's dataset: ``MODULE:FACTORY`` (MODULE a module name or a ``.py`` file).
 
     ``FACTORY()`` is called once, in the server before the loader processes
@@ -77,8 +80,6 @@ class PythonSource:
     open files or connections lazily in ``__getitem__``, not in FACTORY, if
     they must not be shared between processes.
     """
-
-    transformable = True
 
     def __init__(self, spec: str):
         module_name, _, factory_name = spec.rpartition(":")
@@ -106,12 +107,6 @@ class PythonSource:
 
     def __len__(self) -> int:
         return self._length
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def describe(self, index: int) -> str:
         return "python:%s item %d" % (self.spec, index)

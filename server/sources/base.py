@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -14,9 +15,53 @@ class SourceError(ValueError):
 Sample = Dict[str, np.ndarray]
 
 
+@dataclass
+class SampleBlock:
+    """Samples read together: ``arrays`` hold one row per entry of ``positions`` (positions
+    in the list of indices asked for), every row of an array the same shape."""
+
+    positions: np.ndarray
+    arrays: Dict[str, np.ndarray]
+
+
+# What ``read_many(indices)`` returns: blocks, and the positions left to ``read`` one by one.
+BlockRead = Tuple[List[SampleBlock], np.ndarray]
+
+
 def image_sample(image: np.ndarray, label: float) -> Sample:
     """An image source's sample: ``data`` (C x H x W) and a float32 ``label``, as Caffe's blobs."""
     return {"data": image, "label": np.float32(label)}
+
+
+class Source:
+    """What every source is (the contract of server/sources/__init__.py, as code).
+
+    Built in the supervisor, forked into the workers, ``open()``ed in each
+    worker after the fork and ``close()``d when it exits. ``read(i)`` returns
+    sample i; ``read_many(indices)`` reads as many of ``indices`` as it can at
+    once (the default: none, all are left to ``read``); ``describe(i)`` names
+    sample i for messages. ``transformable``: transform_param may apply.
+    """
+
+    transformable = True
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def open(self) -> None:
+        """Open handles in this process (after the fork)."""
+
+    def close(self) -> None:
+        """Close what ``open`` opened."""
+
+    def describe(self, index: int) -> str:
+        raise NotImplementedError
+
+    def read(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def read_many(self, indices: np.ndarray) -> BlockRead:
+        return [], np.arange(len(indices))
 
 
 class SelectedArrays:
@@ -32,6 +77,18 @@ class SelectedArrays:
 
     def __getattr__(self, name):
         return getattr(self.source, name)
+
+    def read_many(self, indices: np.ndarray) -> BlockRead:
+        """The wrapped source's blocks with only ``names``; a block without one of them is
+        left to ``read``, which says what is missing."""
+        blocks, rest = self.source.read_many(indices)
+        kept = []
+        for block in blocks:
+            if all(name in block.arrays for name in self.names):
+                kept.append(SampleBlock(block.positions, {name: block.arrays[name] for name in self.names}))
+            else:
+                rest = np.concatenate([rest, block.positions])
+        return kept, rest
 
     def read(self, index: int) -> Sample:
         sample = self.source.read(index)

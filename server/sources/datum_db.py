@@ -3,7 +3,9 @@
 Records are served in key order (the order of Caffe's cursor). A Datum holds
 raw uint8 ``data``, ``float_data``, or an ``encoded`` JPEG/PNG file, which is
 decoded as transform_param's ``force_color``/``force_gray`` say (the file's
-own channels otherwise), as ``DataTransformer`` decodes it.
+own channels otherwise), as ``DataTransformer`` decodes it. Raw records are
+read a batch at a time (``read_many``, server/sources/raw_datums.py); the
+others one by one.
 
 NOTE [ LevelDB in many processes ]
 LevelDB lets one process at a time open a database, and opening it writes
@@ -18,28 +20,70 @@ database itself is never touched. The shadow is removed on close.
 
 from __future__ import annotations
 
+import operator
 import os
 import shutil
 import tempfile
-from typing import List
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from server.caffe_proto import Datum
 from server.decode import COLOR_NATIVE, decode_image
-from server.sources.base import Sample, SourceError, image_sample
+from server.sources.base import BlockRead, Sample, SampleBlock, Source, SourceError, image_sample
+from server.sources.raw_datums import parse_raw_datums
 
 
-class LmdbSource:
+class DatumDbSource(Source):
+    """Datums in a key-value database, by key order. A subclass lists the keys
+    (``keys``) and gets values in a worker (``_get`` and ``_get_many``)."""
+
+    kind = ""  # "LMDB" or "LevelDB", for messages
+
+    def __init__(self, path: str, color: str, keys: List[bytes]):
+        self.path = path
+        self.color = color
+        self._keys = keys
+        if not keys:
+            raise SourceError("%s %s holds no records" % (self.kind, path))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def describe(self, index: int) -> str:
+        return "%s %s key %r" % (self.kind, self.path, self._keys[index].decode("utf-8", "replace"))
+
+    def _get(self, key: bytes) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def _get_many(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
+        return list(map(self._get, keys))
+
+    def read(self, index: int) -> Sample:
+        value = self._get(self._keys[index])
+        if value is None:
+            raise ValueError("record vanished from the %s" % self.kind)
+        return datum_sample(value, self.color)
+
+    def read_many(self, indices: np.ndarray) -> BlockRead:
+        """Raw Datums of a common layout in blocks; the rest (encoded, float_data,
+        odd or missing records) left to ``read``."""
+        keys = operator.itemgetter(*indices.tolist())(self._keys) if len(indices) > 1 else \
+            [self._keys[i] for i in indices.tolist()]
+        blocks, rest = parse_raw_datums(self._get_many(keys))
+        return [SampleBlock(b.positions, {"data": b.images, "label": b.labels.astype(np.float32)})
+                for b in blocks], rest
+
+
+
+class LmdbSource(DatumDbSource):
     """Caffe ``Datum`` records in an LMDB, raw (``data``/``float_data``) or encoded."""
 
-    transformable = True
+    kind = "LMDB"
 
     def __init__(self, path: str, color: str = COLOR_NATIVE):
         import lmdb
 
-        self.path = path
-        self.color = color
         if not os.path.isdir(path) and not os.path.isfile(path):
             raise SourceError("LMDB %s does not exist" % path)
         try:
@@ -49,16 +93,12 @@ class LmdbSource:
             raise SourceError("cannot open LMDB %s: %s" % (path, exc)) from None
         try:
             with env.begin(buffers=False) as txn:
-                self._keys: List[bytes] = list(txn.cursor().iternext(keys=True, values=False))
+                keys = list(txn.cursor().iternext(keys=True, values=False))
         finally:
             env.close()
-        if not self._keys:
-            raise SourceError("LMDB %s holds no records" % path)
+        super().__init__(path, color, keys)
         self._env = None
         self._txn = None
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
     def open(self) -> None:
         import lmdb
@@ -73,14 +113,11 @@ class LmdbSource:
             self._env.close()
             self._env = self._txn = None
 
-    def describe(self, index: int) -> str:
-        return "LMDB %s key %r" % (self.path, self._keys[index].decode("utf-8", "replace"))
+    def _get(self, key: bytes) -> Optional[bytes]:
+        return self._txn.get(key)
 
-    def read(self, index: int) -> Sample:
-        value = self._txn.get(self._keys[index])
-        if value is None:
-            raise ValueError("record vanished from the LMDB")
-        return datum_sample(value, self.color)
+    def _get_many(self, keys: Sequence[bytes]) -> List[Optional[bytes]]:
+        return list(map(self._txn.get, keys))
 
 
 def datum_image(datum: Datum, color: str = COLOR_NATIVE) -> np.ndarray:
@@ -123,16 +160,14 @@ def _open_leveldb_shadow(path: str):
         raise
 
 
-class LevelDbSource:
+class LevelDbSource(DatumDbSource):
     """Caffe ``Datum`` records in a LevelDB (``backend: LEVELDB``, Caffe's default)."""
 
-    transformable = True
+    kind = "LevelDB"
 
     def __init__(self, path: str, color: str = COLOR_NATIVE):
         import plyvel
 
-        self.path = path
-        self.color = color
         if not os.path.isdir(path):
             raise SourceError("LevelDB %s does not exist" % path)
         if not os.path.isfile(os.path.join(path, "CURRENT")):
@@ -142,17 +177,13 @@ class LevelDbSource:
         except (plyvel.Error, OSError) as exc:
             raise SourceError("cannot open LevelDB %s: %s" % (path, exc)) from None
         try:
-            self._keys: List[bytes] = list(db.iterator(include_value=False))
+            keys = list(db.iterator(include_value=False))
         finally:
             db.close()
             shutil.rmtree(shadow, ignore_errors=True)
-        if not self._keys:
-            raise SourceError("LevelDB %s holds no records" % path)
+        super().__init__(path, color, keys)
         self._db = None
         self._shadow = None
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
     def open(self) -> None:
         self._db, self._shadow = _open_leveldb_shadow(self.path)
@@ -163,11 +194,5 @@ class LevelDbSource:
             shutil.rmtree(self._shadow, ignore_errors=True)
             self._db = self._shadow = None
 
-    def describe(self, index: int) -> str:
-        return "LevelDB %s key %r" % (self.path, self._keys[index].decode("utf-8", "replace"))
-
-    def read(self, index: int) -> Sample:
-        value = self._db.get(self._keys[index])
-        if value is None:
-            raise ValueError("record vanished from the LevelDB")
-        return datum_sample(value, self.color)
+    def _get(self, key: bytes) -> Optional[bytes]:
+        return self._db.get(key)

@@ -10,6 +10,14 @@ datasets differ in row count; unlike Caffe (which finds out mid-training)
 it checks every file at start-up, and also refuses empty files and rows
 whose shape differs between files.
 
+Reading. A worker reads a batch's rows file by file (``read_many``). It
+holds the file it is reading in memory, as Caffe's HDF5Data holds its
+current file, when the served datasets of that file take at most
+``FILE_IN_MEMORY_BYTES``; rows of a larger file are read with one sorted
+selection per batch. A file whose datasets reach past its end (a file
+truncated while served) is refused when opened, so its rows are reported as
+bad samples, never served as zeros.
+
 Order. Without shuffling, samples come file after file, rows in order.
 Caffe's ``shuffle: true`` permutes the order of the files at every pass and
 the rows within a file each time it is loaded, so a file's rows stay
@@ -20,13 +28,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from server.sources.base import Sample, SourceError
+from server.sources.base import BlockRead, Sample, SampleBlock, Source, SourceError
 
 OPEN_FILES_PER_PROCESS = 8
+FILE_IN_MEMORY_BYTES = 1 << 30
 
 
 def read_hdf5_list(list_path: str, base_dir: str = "") -> List[str]:
@@ -58,7 +67,7 @@ def _dataset_shape(handle, path: str, name: str) -> Tuple[int, ...]:
     return tuple(int(d) for d in dataset.shape)
 
 
-class Hdf5Source:
+class Hdf5Source(Source):
     """The rows of the datasets ``datasets`` in the files a Caffe HDF5Data list names."""
 
     transformable = False
@@ -95,17 +104,20 @@ class Hdf5Source:
         self.row_counts = np.asarray(counts, dtype=np.int64)
         self.file_starts = np.concatenate([[0], np.cumsum(self.row_counts)])
         self._open: "OrderedDict[int, object]" = OrderedDict()
+        self._in_memory: Tuple[int, Dict[str, np.ndarray]] = (-1, {})  # (file number, its datasets)
 
     def __len__(self) -> int:
         return int(self.file_starts[-1])
 
     def open(self) -> None:
         self._open = OrderedDict()
+        self._in_memory = (-1, {})
 
     def close(self) -> None:
         for handle in self._open.values():
             handle.close()
         self._open = OrderedDict()
+        self._in_memory = (-1, {})
 
     def locate(self, index: int) -> Tuple[int, int]:
         """(file number, row) of sample ``index``."""
@@ -117,22 +129,65 @@ class Hdf5Source:
         return "HDF5 file %s row %d" % (self.files[file_number], row)
 
     def _handle(self, file_number: int):
+        """The open file ``file_number``; ValueError if it was truncated since it was opened
+        (h5py refuses to open a truncated file, but reads zeros past the end of an open one)."""
         import h5py
 
         handle = self._open.get(file_number)
-        if handle is None:
+        if handle is not None:
+            self._check_complete(handle, self.files[file_number])
+        else:
             handle = h5py.File(self.files[file_number], "r")
             self._open[file_number] = handle
             if len(self._open) > OPEN_FILES_PER_PROCESS:
                 self._open.popitem(last=False)[1].close()
-        else:
-            self._open.move_to_end(file_number)
+        self._open.move_to_end(file_number)
         return handle
+
+    def _check_complete(self, handle, path: str) -> None:
+        """ValueError if a served dataset's stored bytes reach past the end of the file."""
+        size = os.fstat(handle.id.get_vfd_handle()).st_size
+        for name in self.datasets:
+            dataset = handle[name].id
+            offset = dataset.get_offset()  # None unless stored contiguously
+            if offset is not None and offset + dataset.get_storage_size() > size:
+                raise ValueError("HDF5 file %s is truncated: dataset %r ends at byte %d, the file has %d"
+                                 % (path, name, offset + dataset.get_storage_size(), size))
 
     def read(self, index: int) -> Sample:
         file_number, row = self.locate(index)
         handle = self._handle(file_number)
         return {name: handle[name][row] for name in self.datasets}
+
+    def read_many(self, indices: np.ndarray) -> BlockRead:
+        """The rows of ``indices``, one block per file; a file that cannot be read is left
+        to ``read``, which reports each of its rows."""
+        file_numbers = np.searchsorted(self.file_starts, indices, side="right") - 1
+        rows = indices - self.file_starts[file_numbers]
+        blocks, rest = [], []
+        for file_number in np.unique(file_numbers).tolist():
+            positions = np.flatnonzero(file_numbers == file_number)
+            try:
+                arrays = self._rows(file_number, rows[positions])
+            except (OSError, ValueError, KeyError):
+                rest.append(positions)
+                continue
+            blocks.append(SampleBlock(positions, arrays))
+        return blocks, np.concatenate(rest) if rest else np.zeros(0, np.int64)
+
+    def _rows(self, file_number: int, rows: np.ndarray) -> Dict[str, np.ndarray]:
+        held_file, arrays = self._in_memory
+        if held_file != file_number:
+            handle = self._handle(file_number)
+            datasets = [handle[name] for name in self.datasets]
+            if sum(d.size * d.dtype.itemsize for d in datasets) > FILE_IN_MEMORY_BYTES:
+                # h5py selects rows in increasing order only.
+                unique, inverse = np.unique(rows, return_inverse=True)
+                return {name: d[unique][inverse] for name, d in zip(self.datasets, datasets)}
+            self._in_memory = (-1, {})  # the old file's memory goes before the new file's comes
+            arrays = {name: d[...] for name, d in zip(self.datasets, datasets)}
+            self._in_memory = (file_number, arrays)
+        return {name: arrays[name][rows] for name in self.datasets}
 
     def shuffled_order(self, rng: np.random.Generator) -> np.ndarray:
         """A pass in Caffe's shuffled order: files permuted, each file's rows permuted, together."""

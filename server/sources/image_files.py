@@ -14,7 +14,7 @@ import os
 from typing import List, Sequence, Tuple
 
 from server.decode import COLOR_BGR, read_image_file
-from server.sources.base import Sample, SourceError, image_sample
+from server.sources.base import Sample, Source, SourceError, image_sample
 
 IMAGE_SUFFIXES = frozenset(".bmp .jpeg .jpg .pbm .pgm .png .ppm .tif .tiff .webp".split())
 
@@ -70,10 +70,8 @@ def scan_class_folder(folder):
     return entries, classes
 
 
-class ImageFilesSource:
+class ImageFilesSource(Source):
     """Image files with integer labels: ``entries`` are ``(path, label)``, read from ``root_folder + path``."""
-
-    transformable = True
 
     def __init__(self, entries: Sequence[Tuple[str, int]], root_folder: str = "",
                  color: str = COLOR_BGR, resize_hw: Tuple[int, int] = (0, 0), base_dir: str = ""):
@@ -85,12 +83,6 @@ class ImageFilesSource:
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def path(self, index: int) -> str:
         path = self.root_folder + self.entries[index][0]
