@@ -3,7 +3,7 @@
 Measured: bytes and batches per second from a sender process to a receiver
 process over TCP on 127.0.0.1, after a warm-up, for batches of 64 x 3 x 227
 x 227 float32 images and 64 float32 labels (the server's layout for
-ImageNet-sized crops, 39.6 MB a batch).
+ImageNet-sized crops, 39.6 MB a batch), or another ``MessageShape``.
 
 - raw: a PUSH socket sends the same message over and over from one
   preallocated buffer (header bytes, then the data split into the frames
@@ -27,7 +27,8 @@ import json
 import statistics
 import sys
 import time
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import numpy as np
 import zmq
@@ -35,8 +36,6 @@ import zmq
 from bench.children import PYTHON, Children, free_port, python_env
 from client_layer import wire
 
-BATCH = 64
-SAMPLE_SHAPE = (3, 227, 227)
 RECEIVE_TIMEOUT_S = 30.0
 SENDER_LIFETIME_S = 600.0  # a sender left behind ends itself
 # As the server's supervisor runs with 2 workers and the default --max-inflight-mb.
@@ -44,33 +43,44 @@ SERVER_WORKERS = 2
 DEFAULT_MAX_INFLIGHT_MB = 512
 
 
-def batch_specs() -> List[wire.ArraySpec]:
+@dataclass(frozen=True)
+class MessageShape:
+    """A message of ``rows`` float32 samples of ``sample_shape`` and their float32 labels."""
+
+    rows: int = 64
+    sample_shape: Tuple[int, ...] = (3, 227, 227)
+
+    def arguments(self) -> List[str]:
+        return ["--rows", str(self.rows), "--sample-shape", "x".join(map(str, self.sample_shape))]
+
+
+def batch_specs(shape: MessageShape) -> List[wire.ArraySpec]:
     """The server's specs for this batch (as ``DataServer`` builds them)."""
-    return [wire.array_spec("data", np.float32, (BATCH,) + SAMPLE_SHAPE),
-            wire.array_spec("label", np.float32, (BATCH,))]
+    return [wire.array_spec("data", np.float32, (shape.rows,) + shape.sample_shape),
+            wire.array_spec("label", np.float32, (shape.rows,))]
 
 
-def slot_count() -> int:
+def slot_count(shape: MessageShape) -> int:
     """The slots the server would use for this batch (``supervisor.slot_count_for``)."""
     from server.supervisor import slot_count_for
 
-    return slot_count_for(sum(spec.nbytes for spec in batch_specs()), SERVER_WORKERS, DEFAULT_MAX_INFLIGHT_MB)
+    return slot_count_for(sum(spec.nbytes for spec in batch_specs(shape)), SERVER_WORKERS, DEFAULT_MAX_INFLIGHT_MB)
 
 
-def _header(seq: int) -> bytes:
-    return wire.encode_header("bench", seq, batch_specs(), np.arange(BATCH), np.zeros(BATCH))
+def _header(seq: int, shape: MessageShape) -> bytes:
+    return wire.encode_header("bench", seq, batch_specs(shape), np.arange(shape.rows), np.zeros(shape.rows))
 
 
 # -- senders -------------------------------------------------------------------------------
 
-def send_raw(port: int) -> None:
-    specs = batch_specs()
-    data = np.full((BATCH,) + SAMPLE_SHAPE, 1.0, np.float32)
-    label = np.arange(BATCH, dtype=np.float32)
-    parts = [_header(0)] + wire.array_frames(specs[0], data) + wire.array_frames(specs[1], label)
+def send_raw(port: int, shape: MessageShape) -> None:
+    specs = batch_specs(shape)
+    data = np.full((shape.rows,) + shape.sample_shape, 1.0, np.float32)
+    label = np.arange(shape.rows, dtype=np.float32)
+    parts = [_header(0, shape)] + wire.array_frames(specs[0], data) + wire.array_frames(specs[1], label)
     context = zmq.Context()
     socket = context.socket(zmq.PUSH)
-    socket.setsockopt(zmq.SNDHWM, slot_count() + 1)
+    socket.setsockopt(zmq.SNDHWM, slot_count(shape) + 1)
     socket.setsockopt(zmq.LINGER, 0)
     socket.bind("tcp://127.0.0.1:%d" % port)
     end = time.monotonic() + SENDER_LIFETIME_S
@@ -79,22 +89,22 @@ def send_raw(port: int) -> None:
             socket.send_multipart(parts, copy=False)
 
 
-def send_zfeed(port: int) -> None:
+def send_zfeed(port: int, shape: MessageShape) -> None:
     from server.batch_buffer import BatchSlots
     from server.sender import BatchSender
     from server.supervisor import POLL_RELEASE_MS
 
-    specs = batch_specs()
-    count = slot_count()
+    specs = batch_specs(shape)
+    count = slot_count(shape)
     slots = BatchSlots([(s.name, s.dtype, s.shape) for s in specs], count)
     for slot in range(count):
         arrays = slots.arrays(slot)
         arrays["data"][...] = slot
-        arrays["label"][...] = np.arange(BATCH)
+        arrays["label"][...] = np.arange(shape.rows)
     context = zmq.Context()
     sender = BatchSender(context, "bench", specs)
     sender.open(["tcp://127.0.0.1:%d" % port], [])
-    indices, epochs = np.arange(BATCH, dtype=np.int64), np.zeros(BATCH, np.int32)
+    indices, epochs = np.arange(shape.rows, dtype=np.int64), np.zeros(shape.rows, np.int32)
     free = list(range(count))
     seq = 0
     end = time.monotonic() + SENDER_LIFETIME_S
@@ -137,7 +147,7 @@ def _measure(receive_one, warmup_s: float, seconds: float) -> Dict[str, float]:
     return {"batches": batches, "bytes": nbytes, "seconds": time.monotonic() - start}
 
 
-def receive_raw(port: int, warmup_s: float, seconds: float) -> Dict[str, float]:
+def receive_raw(port: int, warmup_s: float, seconds: float, shape: MessageShape) -> Dict[str, float]:
     context = zmq.Context()
     socket = context.socket(zmq.PULL)
     socket.setsockopt(zmq.RCVHWM, 4)  # BatchClient's default prefetch
@@ -157,10 +167,10 @@ def receive_raw(port: int, warmup_s: float, seconds: float) -> Dict[str, float]:
         context.term()
 
 
-def receive_zfeed(port: int, warmup_s: float, seconds: float) -> Dict[str, float]:
+def receive_zfeed(port: int, warmup_s: float, seconds: float, shape: MessageShape) -> Dict[str, float]:
     from client_layer import BatchClient
 
-    header_bytes = len(_header(0))
+    header_bytes = len(_header(0, shape))
     with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=RECEIVE_TIMEOUT_S) as client:
         def receive_one() -> int:
             batch = client.receive()
@@ -176,13 +186,14 @@ ROLES = {"raw": (send_raw, receive_raw), "zfeed": (send_zfeed, receive_zfeed)}
 
 # -- the part ------------------------------------------------------------------------------
 
-def run(children: Children, rounds: int, seconds: float, warmup_s: float) -> Dict[str, dict]:
-    """``rounds`` alternating raw/zfeed runs; the median MB/s and batches/s of each."""
+def run(children: Children, rounds: int, seconds: float, warmup_s: float,
+        shape: MessageShape = MessageShape()) -> Dict[str, dict]:
+    """``rounds`` alternating raw/zfeed runs of ``shape``d messages; the median MB/s and batches/s of each."""
     runs: Dict[str, List[Dict[str, float]]] = {"raw": [], "zfeed": []}
     for round_number in range(rounds):
         for kind in ("raw", "zfeed"):
             port = free_port()
-            role = [PYTHON, "-m", "bench.transport"]
+            role = [PYTHON, "-m", "bench.transport"] + shape.arguments()
             sender = children.start("transport-%s-send-%d" % (kind, round_number),
                                     role + ["%s-send" % kind, "--port", str(port)], python_env())
             receiver = children.start("transport-%s-recv-%d" % (kind, round_number),
@@ -213,13 +224,16 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rows", type=int, default=MessageShape.rows)
+    parser.add_argument("--sample-shape", default="x".join(map(str, MessageShape.sample_shape)))
     args = parser.parse_args(argv)
+    shape = MessageShape(args.rows, tuple(int(d) for d in args.sample_shape.split("x")))
     kind, _, side = args.role.partition("-")
     send, receive = ROLES[kind]
     if side == "send":
-        send(args.port)
+        send(args.port, shape)
     else:
-        print(json.dumps(receive(args.port, args.warmup, args.seconds)))
+        print(json.dumps(receive(args.port, args.warmup, args.seconds, shape)))
     return 0
 
 

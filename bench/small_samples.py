@@ -1,0 +1,306 @@
+"""Cheap samples end to end: zfeed against Caffe's own data layers, small and large samples.
+
+    python -m bench.small_samples [--quick]
+
+Every case is one data layer of a real Caffe net (then a Silence layer),
+TRAIN, batch 64, forward only, timed by ``bench/caffe_net_rate.py`` in the
+Caffe Python. Each case runs three ways, back to back in every round:
+
+- ``Caffe``: Caffe's own layer (``Data`` over an LMDB, ``HDF5Data``);
+- ``zfeed``: ``python -m server --from-prototxt`` serving that very layer
+  with 2 workers on this machine, into ``ZmqDataLayer``;
+- ``floor``: ``bench.ready_batch_layer``, a Python layer that only copies
+  one ready batch into its tops, the ceiling of any Python layer.
+
+Cases: MNIST-shaped (60,000 raw Datums 1x28x28, scale 1/256), CIFAR-shaped
+(50,000 raw Datums 3x32x32), HDF5 rows (20,000 float32 3x32x32 and a
+label) and JPEG (512 encoded 256x256 Datums, crop 227, mirror, mean). For
+the HDF5 rows the raw pyzmq rate for the same bytes (``bench.transport``)
+is measured too: moving them over loopback may itself be slower than
+Caffe's copy in one process.
+
+Then time to the first batch against dataset size: LMDBs of 10,000,
+100,000 and 1,280,000 raw 3x16x16 Datums, page cache dropped before each
+start when running as root (a cold start, as after a reboot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from bench import dataset, transport
+from bench.children import PYTHON, REPO, Children, caffe_python, free_port, print_report, python_env
+from bench.report import machine_line, markdown_table, median, paired_ratio, runs, verdict
+
+CACHE = dataset.CACHE_DIR / "small"
+LOG_DIR = dataset.CACHE_DIR / "logs"
+NET_RATE = str(REPO / "bench" / "caffe_net_rate.py")
+BATCH = 64
+WORKERS = 2
+STARTUP_S = 120.0
+STARTUP_SIZES = (10_000, 100_000, 1_280_000)
+TARGET_VS_CAFFE = 1.0
+TARGET_VS_TRANSPORT = 0.9
+TARGET_JPEG = 3.5
+TARGET_FIRST_BATCH_S = 3.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    seconds: float
+    warmup_s: float
+
+
+FULL = Plan(rounds=3, seconds=4.0, warmup_s=1.5)
+QUICK = Plan(rounds=1, seconds=2.0, warmup_s=1.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    data_layer: str  # the Caffe layer's text, with %(source)s
+    tops: List[dict]  # what ReadyBatchLayer fills: shape, dtype, scale
+    source: Path
+    target: float
+
+
+# -- data sets -----------------------------------------------------------------------------
+
+def raw_lmdb(path: Path, count: int, shape, seed: int) -> Path:
+    """``count`` raw Datums of random pixels, keys "%08d", labels 0-9; built once."""
+    import lmdb
+
+    from server.caffe_proto import image_to_datum
+
+    if (path / "data.mdb").is_file():
+        return path
+    partial = path.with_suffix(".partial")
+    subprocess.run(["rm", "-rf", str(partial)], check=True)
+    rng = np.random.default_rng(seed)
+    env = lmdb.open(str(partial), map_size=1 << 36)
+    chunk = 10_000
+    for start in range(0, count, chunk):
+        images = rng.integers(0, 256, (min(chunk, count - start),) + tuple(shape), dtype=np.uint8)
+        with env.begin(write=True) as txn:
+            for offset, image in enumerate(images):
+                txn.put(b"%08d" % (start + offset), image_to_datum(image, (start + offset) % 10).SerializeToString())
+    env.close()
+    partial.rename(path)
+    return path
+
+
+def hdf5_rows(folder: Path, count: int = 20_000) -> Path:
+    """An HDF5Data list naming one file of ``count`` float32 3x32x32 rows and labels."""
+    import h5py
+
+    listing = folder / "rows.txt"
+    if listing.is_file():
+        return listing
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    with h5py.File(folder / "rows.h5", "w") as f:
+        f["data"] = rng.random((count, 3, 32, 32), dtype=np.float32)
+        f["label"] = rng.integers(0, 10, count).astype(np.float32)
+    listing.write_text("%s\n" % (folder / "rows.h5"))
+    return listing
+
+
+def cases() -> List[Case]:
+    data = """layer { name: "data" type: "Data" top: "data" top: "label"
+  transform_param { %s }
+  data_param { source: "%%(source)s" backend: LMDB batch_size: 64 } }"""
+    return [
+        Case("MNIST-shaped LMDB, 60,000 x 1x28x28, scale 1/256", data % "scale: 0.00390625",
+             [{"shape": [BATCH, 1, 28, 28], "dtype": "uint8", "scale": 1 / 256}, {"shape": [BATCH], "dtype": "float32"}],
+             raw_lmdb(CACHE / "mnist_lmdb", 60_000, (1, 28, 28), 1), TARGET_VS_CAFFE),
+        Case("CIFAR-shaped LMDB, 50,000 x 3x32x32", data % "",
+             [{"shape": [BATCH, 3, 32, 32], "dtype": "uint8"}, {"shape": [BATCH], "dtype": "float32"}],
+             raw_lmdb(CACHE / "cifar_lmdb", 50_000, (3, 32, 32), 2), TARGET_VS_CAFFE),
+        Case("HDF5 rows, 20,000 x float32 3x32x32", """layer { name: "data" type: "HDF5Data" top: "data" top: "label"
+  hdf5_data_param { source: "%(source)s" batch_size: 64 } }""",
+             [{"shape": [BATCH, 3, 32, 32], "dtype": "float32"}, {"shape": [BATCH], "dtype": "float32"}],
+             hdf5_rows(CACHE / "hdf5"), TARGET_VS_CAFFE),
+        Case("JPEG LMDB, 512 x 256x256, crop 227, mirror, mean", data % (
+            "crop_size: 227 mirror: true mean_value: 104 mean_value: 117 mean_value: 123"),
+             [{"shape": [BATCH, 3, 227, 227], "dtype": "uint8"}, {"shape": [BATCH], "dtype": "float32"}],
+             dataset.jpeg_lmdb(), TARGET_JPEG),
+    ]
+
+
+# -- one measurement -------------------------------------------------------------------------
+
+SILENCE = 'layer { name: "silence" type: "Silence" bottom: "data" bottom: "label" }\n'
+
+
+def write_net(path: Path, data_layer: str) -> Path:
+    path.write_text('name: "feed"\n%s\n%s' % (data_layer, SILENCE))
+    return path
+
+
+def python_layer(module: str, layer: str, params: dict) -> str:
+    # A JSON string is a valid prototxt string.
+    return ('layer { name: "data" type: "Python" top: "data" top: "label"\n'
+            '  python_param { module: "%s" layer: "%s" param_str: %s } }'
+            % (module, layer, json.dumps(json.dumps(params))))
+
+
+def rate(children: Children, plan: Plan, net: Path, tag: str) -> dict:
+    trainer = children.start("small-%s-caffe" % tag, [caffe_python(), NET_RATE, str(net), "--seconds",
+                                                      str(plan.seconds), "--warmup-seconds", str(plan.warmup_s)],
+                             python_env())
+    return children.result(trainer, STARTUP_S + plan.warmup_s + plan.seconds)
+
+
+def measure(children: Children, plan: Plan, case: Case, way: str, tag: str) -> dict:
+    caffe_net = write_net(CACHE / ("%s-caffe.prototxt" % tag), case.data_layer % {"source": case.source})
+    if way == "Caffe":
+        return rate(children, plan, caffe_net, tag + "-own")
+    if way == "floor":
+        net = write_net(CACHE / ("%s-floor.prototxt" % tag),
+                        python_layer("bench.ready_batch_layer", "ReadyBatchLayer", {"tops": case.tops}))
+        return rate(children, plan, net, tag + "-floor")
+    port = free_port()
+    server = children.start("small-%s-server" % tag,
+                            [PYTHON, "-m", "server", "--from-prototxt", str(caffe_net), "--phase", "train",
+                             "--workers", str(WORKERS), "--bind", "tcp://127.0.0.1:%d" % port], python_env())
+    net = write_net(CACHE / ("%s-zfeed.prototxt" % tag),
+                    python_layer("client_layer", "ZmqDataLayer",
+                                 {"address": "tcp://127.0.0.1:%d" % port, "timeout_s": 60}))
+    try:
+        result = rate(children, plan, net, tag + "-zfeed")
+        children.check_alive(server, "the data server")
+    finally:
+        children.stop(server)
+    return result
+
+
+WAYS = ("Caffe", "zfeed", "floor")
+
+
+def compare(children: Children, plan: Plan) -> Dict[str, Dict[str, List[dict]]]:
+    """Per case, per way, one result per round; every round runs the ways back to back."""
+    results: Dict[str, Dict[str, List[dict]]] = {}
+    for number, case in enumerate(cases()):
+        results[case.name] = {way: [] for way in WAYS}
+        for round_number in range(plan.rounds):
+            for way in WAYS:
+                result = measure(children, plan, case, way, "case%d" % number)
+                results[case.name][way].append(result)
+                waited = ", waited %.0f%%" % (100 * result["wait_share"]) if "wait_share" in result else ""
+                print("  %s, round %d, %-5s %8.0f images/s%s"
+                      % (case.name, round_number + 1, way, result["images_s"], waited), file=sys.stderr)
+    return results
+
+
+def transport_ceiling(children: Children, plan: Plan) -> Dict[str, float]:
+    """Raw pyzmq and zfeed's send path for messages of the HDF5 case's float32 rows."""
+    rows = transport.MessageShape(rows=BATCH, sample_shape=(3, 32, 32))
+    measured = transport.run(children, plan.rounds, plan.seconds, plan.warmup_s, rows)
+    return {kind: measured[kind]["mb_s"] / (4 * 3 * 32 * 32 + 4) * 1e6 for kind in ("raw", "zfeed")}
+
+
+# -- time to the first batch ---------------------------------------------------------------
+
+def drop_page_cache() -> bool:
+    if os.geteuid() != 0:
+        return False
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as caches:
+        caches.write("3\n")
+    return True
+
+
+def first_batch_s(children: Children, lmdb: Path, tag: str) -> float:
+    from client_layer import BatchClient
+
+    port = free_port()
+    started = time.monotonic()
+    server = children.start("small-first-%s" % tag, [PYTHON, "-m", "server", "--source", "lmdb:%s" % lmdb,
+                                                     "--workers", str(WORKERS), "--batch-size", str(BATCH),
+                                                     "--bind", "tcp://127.0.0.1:%d" % port], python_env())
+    try:
+        with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=STARTUP_S) as client:
+            client.receive()
+            return time.monotonic() - started
+    finally:
+        children.stop(server)
+
+
+def startup(children: Children) -> List[dict]:
+    rows = []
+    for size in STARTUP_SIZES:
+        lmdb = raw_lmdb(CACHE / ("startup_%d_lmdb" % size), size, (3, 16, 16), 4)
+        cold = drop_page_cache()
+        rows.append({"size": size, "cold": cold, "seconds": first_batch_s(children, lmdb, str(size))})
+        print("  first batch from %d records (%s cache): %.2f s" % (size, "cold" if cold else "warm",
+                                                                  rows[-1]["seconds"]), file=sys.stderr)
+    return rows
+
+
+# -- the report ----------------------------------------------------------------------------
+
+def report(plan: Plan, results, ceiling: Dict[str, float], first: List[dict]) -> str:
+    rows = []
+    for case in cases():
+        by_way = {way: [r["images_s"] for r in results[case.name][way]] for way in WAYS}
+        against_caffe = paired_ratio(by_way["zfeed"], by_way["Caffe"])
+        waits = [r.get("wait_share", 0.0) for r in results[case.name]["zfeed"]]
+        target = verdict(against_caffe, case.target)
+        if case.name.startswith("HDF5"):
+            against_transport = median(by_way["zfeed"]) / ceiling["raw"]
+            target += "; zfeed / raw pyzmq for these bytes %.2f, %s" % (
+                against_transport, verdict(against_transport, TARGET_VS_TRANSPORT))
+        rows.append((case.name, "%.0f" % median(by_way["Caffe"]), "%.0f" % median(by_way["zfeed"]),
+                     "%.0f" % median(by_way["floor"]), "%.2f" % against_caffe,
+                     "%.2f" % paired_ratio(by_way["zfeed"], by_way["floor"]), "%.0f%%" % (100 * median(waits)),
+                     target, runs(by_way["zfeed"])))
+    table = markdown_table(("Data", "Caffe's layer, images/s", "zfeed, images/s", "floor, images/s",
+                            "zfeed / Caffe", "zfeed / floor", "trainer waited", "Target", "zfeed runs"), rows)
+    first_rows = [("%d" % r["size"], "cold" if r["cold"] else "warm", "%.2f" % r["seconds"],
+                   verdict(r["seconds"], TARGET_FIRST_BATCH_S, at_most=True) if r["size"] >= 1_280_000 else "")
+                  for r in first]
+    first_table = markdown_table(("LMDB records (3x16x16)", "page cache", "first batch after start, s", "Target"),
+                                 first_rows)
+    notes = [
+        "- Net: the data layer then Silence, TRAIN, batch %d, forward only, timed for %.0f s after %.1f s; "
+        "%d round(s), each running Caffe's layer, zfeed and the floor back to back; medians, and ratios are "
+        "medians of per-round ratios." % (BATCH, plan.seconds, plan.warmup_s, plan.rounds),
+        "- zfeed: `python -m server --from-prototxt` with %d workers on this machine, sharing its cores with "
+        "the trainer. The floor is `bench.ready_batch_layer`: a Python layer that copies one ready batch." % WORKERS,
+        "- Raw pyzmq for the HDF5 case's bytes (64 float32 rows of 3x32x32 a message): %.0f rows/s; "
+        "zfeed's send path alone: %.0f rows/s." % (ceiling["raw"], ceiling["zfeed"]),
+    ]
+    return "%s\n\n%s\n\n%s\n\nTime to the first batch:\n\n%s\n" % (
+        machine_line("bench.small_samples"), table, "\n".join(notes), first_table)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.small_samples", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one short round")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    CACHE.mkdir(parents=True, exist_ok=True)
+
+    def produce() -> str:
+        with Children(LOG_DIR) as children:
+            results = compare(children, plan)
+            ceiling = transport_ceiling(children, plan)
+            first = startup(children)
+        return report(plan, results, ceiling, first)
+
+    return print_report("bench.small_samples", LOG_DIR, produce)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
