@@ -16,6 +16,8 @@ import pytest
 from datasets import random_images, smooth_images, write_npz
 from processes import REPO, ServerProcess, free_port
 
+pytestmark = pytest.mark.integration
+
 HERE = Path(__file__).resolve().parent
 DEFAULT = [str(REPO / ".venv-client3.8" / "bin" / "python"), str(REPO / ".venv-client3.13" / "bin" / "python")]
 PYTHONS = [p for p in os.environ.get("ZFEED_CLIENT_PYTHONS", "").split(":") if p] or DEFAULT

@@ -38,6 +38,8 @@ from parity import (IMAGES, datums, photo_patches, rewrite, run_nets, servers_fo
                     write_images, write_leveldb, write_lmdb_values)
 from server.caffe_proto import write_mean_binaryproto
 
+pytestmark = pytest.mark.caffe
+
 N = 30
 BATCH = 8
 ITERATIONS = 5  # 40 samples: wraps past the end of the 30-sample sets, as Caffe does

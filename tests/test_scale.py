@@ -15,6 +15,8 @@ from client_layer import BatchClient
 from datasets import corrupt_records, random_images, write_lmdb, write_npz
 from processes import ServerProcess, child_pids, free_port, run_server
 
+pytestmark = pytest.mark.integration
+
 SIZE, BATCH = 45, 5
 
 
