@@ -1,9 +1,12 @@
 """Batch assembly without processes: which tasks a batch needs before it may be sent."""
 
 import numpy as np
+import pytest
 
 from server.assembly import BatchAssembly, PackTask, RowTask
 from server.plan import EpochPlan
+
+pytestmark = pytest.mark.unit
 
 
 def assembly(packing):

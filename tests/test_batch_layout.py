@@ -6,6 +6,8 @@ import pytest
 from server.batch_layout import BatchLayout, RowWriter
 from server.transform import TransformParams
 
+pytestmark = pytest.mark.unit
+
 DRAWS = np.array([[0.9, 0.0, 0.0], [0.1, 0.5, 0.99]])
 
 

@@ -14,6 +14,8 @@ from datasets import random_images, smooth_images, write_lmdb
 from processes import ServerProcess, free_port
 from server.caffe_proto import write_mean_binaryproto
 
+pytestmark = pytest.mark.caffe
+
 N = 30
 BATCH = 8
 ITERATIONS = 6  # 48 samples: wraps past the end of the 30-sample LMDB, as Caffe does

@@ -10,6 +10,8 @@ from hypothesis.extra import numpy as hnp
 from server.caffe_proto import (BlobProto, BlobShape, Datum, encoded_datum, image_to_datum,
                                 read_mean_binaryproto, write_mean_binaryproto)
 
+pytestmark = pytest.mark.unit
+
 
 def test_messages_live_outside_the_default_pool():
     with pytest.raises(KeyError):

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets import random_images, smooth_images, write_npz
-from processes import REPO, ServerProcess, free_port
+from datasets import random_images, smooth_images
+from processes import REPO, ServerProcess
+
+pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = [str(REPO / ".venv-client3.8" / "bin" / "python"), str(REPO / ".venv-client3.13" / "bin" / "python")]
@@ -23,17 +25,16 @@ PYTHONS = [p for p in os.environ.get("ZFEED_CLIENT_PYTHONS", "").split(":") if p
 
 @pytest.mark.parametrize("python", PYTHONS, ids=[Path(p).parent.parent.name for p in PYTHONS])
 @pytest.mark.parametrize("wire_format", ["auto", "float32"])
-def test_client_layer_receives_exact_batches(tmp_path, python, wire_format):
+def test_client_layer_receives_exact_batches(tmp_path, npz_source, local_endpoint, python, wire_format):
     if not os.path.isfile(python):
         pytest.fail("no Python at %s: run ./dev setup" % python, pytrace=False)
     images = random_images(20, (3, 10, 10), seed=4)
-    source = "npz:%s" % write_npz(tmp_path / "d.npz", images, range(20))
-    port = free_port()
-    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--phase", "test", "--batch-size", "5",
+    endpoint = local_endpoint()
+    args = ["--source", npz_source(images), "--bind", endpoint, "--phase", "test", "--batch-size", "5",
             "--mean-value", "10,20,30", "--scale", "0.5", "--wire-format", wire_format]
     with ServerProcess(args, tmp_path / "server.log") as server:
         out = tmp_path / "got.npz"
-        result = subprocess.run([python, str(HERE / "client_compat_probe.py"), "tcp://127.0.0.1:%d" % port, "4",
+        result = subprocess.run([python, str(HERE / "client_compat_probe.py"), endpoint, "4",
                                  str(out)], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         server.stop()
@@ -45,15 +46,15 @@ def test_client_layer_receives_exact_batches(tmp_path, python, wire_format):
 
 
 @pytest.mark.parametrize("python", PYTHONS, ids=[Path(p).parent.parent.name for p in PYTHONS])
-def test_compressed_stream_without_the_codec_package_says_what_to_install(tmp_path, python):
+def test_compressed_stream_without_the_codec_package_says_what_to_install(tmp_path, npz_source, local_endpoint,
+                                                                           python):
     if not os.path.isfile(python):
         pytest.fail("no Python at %s: run ./dev setup" % python, pytrace=False)
     assert subprocess.run([python, "-c", "import zstandard"], capture_output=True, timeout=30).returncode != 0
-    source = "npz:%s" % write_npz(tmp_path / "d.npz", smooth_images(20), range(20))
-    port = free_port()
-    args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "5", "--compress", "zstd"]
+    endpoint = local_endpoint()
+    args = ["--source", npz_source(smooth_images(20)), "--bind", endpoint, "--batch-size", "5", "--compress", "zstd"]
     with ServerProcess(args, tmp_path / "server.log") as server:
-        result = subprocess.run([python, str(HERE / "client_compat_probe.py"), "tcp://127.0.0.1:%d" % port, "1",
+        result = subprocess.run([python, str(HERE / "client_compat_probe.py"), endpoint, "1",
                                  str(tmp_path / "got.npz"), "3"], capture_output=True, text=True, timeout=60)
         server.stop()
     assert result.returncode != 0

@@ -11,6 +11,8 @@ from datasets import write_npz
 from processes import ServerProcess, free_port, run_server
 from server.tools.keygen import main as keygen
 
+pytestmark = pytest.mark.integration
+
 MARKER = bytes([123]) * 64  # 64 pixels of value 123, as uint8 pixels travel in clear
 
 

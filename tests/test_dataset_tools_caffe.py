@@ -18,6 +18,8 @@ from server.caffe_proto import (BlobProto, BlobShape, Datum, read_mean_binarypro
 from server.tools.compute_image_mean import compute_image_mean
 from server.tools.convert_imageset import convert_imageset
 
+pytestmark = pytest.mark.caffe
+
 
 def write_images(root, count, shape, seed=0):
     """Write ``count`` random PNGs under root/c<i%2>/; returns [(relative path, label, HWC)]."""

@@ -21,6 +21,8 @@ from PIL import Image
 
 from server.decode import COLOR_BGR, COLOR_GRAY, COLOR_NATIVE, decode_image, read_image_file, simplejpeg_colorspace
 
+pytestmark = pytest.mark.unit
+
 IMAGES = Path(__file__).parent / "images"
 # What Caffe's OpenCV path asks for under each mode (server/decode.py's contract).
 OPENCV_FLAGS = {COLOR_NATIVE: cv2.IMREAD_UNCHANGED, COLOR_BGR: cv2.IMREAD_COLOR, COLOR_GRAY: cv2.IMREAD_GRAYSCALE}

@@ -19,6 +19,8 @@ import pytest
 from caffe_runner import REPO, caffe_python
 from processes import alive
 
+pytestmark = pytest.mark.caffe
+
 DEMO_TIMEOUT_S = 120
 ITERATIONS = 100
 MIN_ACCURACY = 0.8

@@ -28,6 +28,8 @@ from demo.__main__ import DEFAULT_ITERATIONS, SCALE, SEED, TEST_BATCH, TRAIN_BAT
 from demo.dataset import CLASS_COUNT, TEST_PER_CLASS
 from server.config import build_parser
 
+pytestmark = pytest.mark.deploy
+
 IMAGE_UID = "10001"
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")  # the oldest and newest that kubernetes-validate ships schemas for here
 DEMO_TEST_SAMPLES = TEST_PER_CLASS * CLASS_COUNT

@@ -29,6 +29,8 @@ from deploy_support import (ENTRYPOINT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERF
 from processes import free_port
 from server.config import build_parser
 
+pytestmark = pytest.mark.containers
+
 ISOLATION = isolation_missing()
 needs_isolation = pytest.mark.skipif(ISOLATION is not None, reason=ISOLATION or "")
 TRAINER_DEADLINE_S = 150.0

@@ -16,6 +16,8 @@ from client_layer import BatchClient, wire
 from datasets import corrupt_records, random_images, smooth_images, write_lmdb, write_npz
 from processes import ServerProcess, alive, child_pids, free_port
 
+pytestmark = pytest.mark.integration
+
 
 def deliveries(batches):
     return Counter((int(e), int(i)) for b in batches for e, i in zip(b.epochs, b.indices))

@@ -29,6 +29,8 @@ from caffe_runner import run_caffe_script
 from parity import PROTOTXT, datums, photo_patches, rewrite, run_nets, servers_for, write_hdf5, write_lmdb_values
 from server.caffe_proto import write_mean_binaryproto
 
+pytestmark = pytest.mark.caffe
+
 LENET_TRAIN, LENET_TEST = 320, 100
 LENET_ITERATIONS = 40
 CAFFENET_BATCH = {"train": 4, "test": 2}

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 SIZE, BATCH, EPOCHS, PORT = 60, 6, 2, 5555
 
 reason = netns.available()
-pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(reason is not None, reason=reason or "")]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ What "the same" means:
   in the DCT domain and libjpeg-turbo with a triangle filter. Stated bound,
   in pixel levels of the decoded image: mean |difference| <= 1.5, 99.9% of
   values within 16, every value within 64 (measured on Caffe's example
-  photos and patches of them: see the README).
+  photos and patches of them: see docs/migration.md, "Parity with Caffe").
 - TRAIN phase: random crops and flips cannot match draw for draw (different
   RNGs), so every output of either side must be one Caffe can produce (a
   crop, maybe mirrored, of Caffe's own uncropped transform of that sample),
@@ -37,6 +37,8 @@ from datasets import random_images, write_lmdb
 from parity import (IMAGES, datums, photo_patches, rewrite, run_nets, servers_for, write_hdf5,
                     write_images, write_leveldb, write_lmdb_values)
 from server.caffe_proto import write_mean_binaryproto
+
+pytestmark = pytest.mark.caffe
 
 N = 30
 BATCH = 8

@@ -1,8 +1,11 @@
 """Batch plans: exact epochs, Caffe's wrap-around, and content fixed by (seed, epoch, k)."""
 
 import numpy as np
+import pytest
 
 from server.plan import EpochPlan
+
+pytestmark = pytest.mark.unit
 
 
 def positions(plan, batches):

@@ -3,12 +3,15 @@
 import json
 
 import numpy as np
+import pytest
 from google.protobuf import descriptor_pb2
 
 from caffe_runner import run_caffe_script
 from parity import write_hdf5
 from server.caffe_proto import MESSAGE_NAMES, PARTIAL_MESSAGES, message_class
 from server.prototxt import TEST, TRAIN, data_layers, net_state, scan_net
+
+pytestmark = pytest.mark.caffe
 
 
 def describe(message):

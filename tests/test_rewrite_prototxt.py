@@ -10,6 +10,8 @@ from server.caffe_proto import LayerParameter
 from server.prototxt import TEST, TRAIN, data_layers, net_state, scan_net
 from server.tools.rewrite_prototxt import main
 
+pytestmark = pytest.mark.unit
+
 NET = """# My net { with braces in a comment }
 name: "net"
 state { stage: "s" }

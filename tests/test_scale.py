@@ -12,15 +12,17 @@ from collections import Counter
 import pytest
 
 from client_layer import BatchClient
-from datasets import corrupt_records, random_images, write_lmdb, write_npz
+from datasets import corrupt_records, random_images, write_lmdb
 from processes import ServerProcess, child_pids, free_port, run_server
+
+pytestmark = pytest.mark.integration
 
 SIZE, BATCH = 45, 5
 
 
 @pytest.fixture
-def source(tmp_path):
-    return "npz:%s" % write_npz(tmp_path / "d.npz", random_images(SIZE, (3, 8, 8)), range(SIZE))
+def source(npz_source):
+    return npz_source(random_images(SIZE, (3, 8, 8)))
 
 
 def per_epoch(batches):
@@ -59,9 +61,9 @@ def test_two_shards_feed_one_trainer_each_sample_once_per_epoch(tmp_path, source
     assert "serving 23 samples of 45 (shard 0/2)" in servers[0].log
 
 
-def test_one_server_feeds_two_trainers_distinct_batches(tmp_path):
+def test_one_server_feeds_two_trainers_distinct_batches(tmp_path, npz_source):
     size, batch = 40, 4  # 780 kB batches: kernel buffers cannot hide one trainer from the other
-    source = "npz:%s" % write_npz(tmp_path / "d.npz", random_images(size, (3, 128, 128)), range(size))
+    source = npz_source(random_images(size, (3, 128, 128)))
     ports = [free_port(), free_port()]
     trainers = [BatchClient(bind="tcp://127.0.0.1:%d" % p, timeout_s=0.5, prefetch=1) for p in ports]
     args = ["--source", source, "--batch-size", str(batch), "--epochs", "2"]

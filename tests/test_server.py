@@ -15,6 +15,8 @@ from processes import ServerProcess, alive, child_pids, free_port, run_server
 from server.plan import EpochPlan
 from server.transform import TransformParams, choose_crops, transform_into
 
+pytestmark = pytest.mark.integration
+
 N = 30
 
 

@@ -1,6 +1,10 @@
 """A test-suite-sized soak (bench/soak.py runs the long one): flat memory, exact delivery."""
 
+import pytest
+
 from bench.soak import BATCH, run_soak
+
+pytestmark = pytest.mark.integration
 
 
 def test_soak_with_worker_kills_and_trainer_restarts(tmp_path):

@@ -17,6 +17,8 @@ from parity import datums, write_hdf5, write_leveldb
 from processes import ServerProcess, free_port, run_server
 from server.sources import Hdf5Source, LevelDbSource, PythonSource, SelectedArrays, SourceError, image_folder_source
 
+pytestmark = pytest.mark.integration
+
 N = 12
 
 

@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 
 from server.transform import TEST, TRAIN, TransformParams, choose_crops, crop_into, transform_into
 
+pytestmark = pytest.mark.unit
+
 
 def caffe_reference(image, crop_size, mirror_flag, h_off, w_off, mean_file, mean_values, scale):
     """data_transformer.cpp's loop, index for index, in float32."""

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from client_layer import wire
 from datasets import smooth_images
 
+pytestmark = pytest.mark.unit
+
 LIMIT = 1 << 30
 
 

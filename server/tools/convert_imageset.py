@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import sys
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import cv2
 import lmdb
@@ -58,7 +58,7 @@ class _ImageOptions(NamedTuple):
     gray: bool
     resize: tuple  # (height, width); (0, 0) keeps the size
     encoded: bool
-    encode_type: str | None  # canonical spelling, see _image_format
+    encode_type: Optional[str]  # canonical spelling, see _image_format
 
 
 def _datum_bytes(index, path, label, options):
