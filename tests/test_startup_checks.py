@@ -100,7 +100,7 @@ def test_sample_row_over_the_frame_limit_is_refused(tmp_path):
 def test_memory_budget_below_two_slots_is_refused_saying_the_minimum(source):
     message = refusal(["--source", source, "--batch-size", "6", "--max-inflight-mb", "0.001"])
     assert "--max-inflight-mb 0.001" in message
-    minimum = float(message.split("at least ")[1].split()[0])
+    minimum = float(message.split("at least ")[1].split()[0].rstrip(","))
     prepare(parse_config(["--source", source, "--batch-size", "6", "--max-inflight-mb", str(minimum)]))
 
 
