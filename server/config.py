@@ -155,6 +155,10 @@ def _check_values(config: ServerConfig) -> None:
     if not all(math.isfinite(value) for value in config.mean_values):
         raise ConfigError("%s %s: every value must be a finite number"
                           % (names["mean_value"], ",".join(map(str, config.mean_values))))
+    try:
+        config.stream_id.encode("utf-8")
+    except UnicodeError:
+        raise ConfigError("--stream-id %r: not UTF-8 text" % config.stream_id) from None
     for option, endpoints in (("--bind", config.bind), ("--connect", config.connect)):
         for endpoint in endpoints:
             _check_endpoint(option, endpoint)
@@ -240,21 +244,39 @@ def _batch_specs(config: ServerConfig, layout: BatchLayout, batch_size: int) -> 
                           "(--crop-size, --new-height/--new-width)" % (config.names["source"], config.source, exc)) from None
 
 
-def _header_bytes(config: ServerConfig, layout: BatchLayout, batch_size: int) -> int:
-    """Bytes of the largest header a batch of ``batch_size`` samples can have."""
-    return len(wire.encode_header(config.stream_id, _LARGEST_SEQ, _batch_specs(config, layout, batch_size),
-                                  np.zeros(batch_size, np.int64), np.zeros(batch_size, np.int32),
-                                  layout.wire_extra(), config.compress[0] if config.compress else None))
+def _header(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Tuple[bytes, List[wire.ArraySpec]]:
+    """The longest header a batch of ``batch_size`` can have, and the batch's specs."""
+    specs = _batch_specs(config, layout, batch_size)
+    return wire.encode_header(config.stream_id, _LARGEST_SEQ, specs, np.zeros(batch_size, np.int64),
+                              np.zeros(batch_size, np.int32), layout.wire_extra(),
+                              config.compress[0] if config.compress else None), specs
+
+
+def _header_refusal(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Optional[str]:
+    """Why the trainer's layer would refuse the header of a batch of ``batch_size`` (None: it would not)."""
+    header, specs = _header(config, layout, batch_size)
+    try:
+        wire.decode_header(memoryview(header), sum(s.nbytes for s in specs))
+    except wire.WireError as exc:
+        return str(exc)
+    return None
 
 
 def _check_header(config: ServerConfig, layout: BatchLayout) -> None:
-    """A header over the layer's limit would make the trainer drop every batch."""
-    if _header_bytes(config, layout, config.batch_size) <= wire.MAX_HEADER_BYTES:
+    """A header the trainer's layer refuses (over its size limit, say) would make it drop every batch."""
+    problem = _header_refusal(config, layout, 1)
+    if problem:
+        raise ConfigError("the trainer's layer would refuse every batch header (%s): shorten --stream-id" % problem)
+    one, two = (len(_header(config, layout, n)[0]) for n in (1, 2))
+    per_sample = two - one
+    # No larger batch can fit, whatever msgpack's length fields add: search below it only.
+    too_big = min(config.batch_size, 2 + (wire.MAX_HEADER_BYTES - one) // per_sample)
+    if too_big == config.batch_size and _header_refusal(config, layout, too_big) is None:
         return
-    fits, too_big = 1, config.batch_size  # the header grows with the batch: find the largest that fits
+    fits = 1
     while too_big - fits > 1:
         middle = (fits + too_big) // 2
-        if _header_bytes(config, layout, middle) <= wire.MAX_HEADER_BYTES:
+        if _header_refusal(config, layout, middle) is None:
             fits = middle
         else:
             too_big = middle
@@ -274,6 +296,12 @@ def _check_memory(config: ServerConfig, specs: List[wire.ArraySpec]) -> None:
         raise ConfigError("--max-inflight-mb %s is less than %d batch slots of %.3f MB, the fewest a server "
                           "runs with: give at least %.3f, or a smaller --batch-size"
                           % (config.max_inflight_mb, slots, slot_bytes / 2**20, minimum_mb))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if slots * slot_bytes > memory:
+        raise ConfigError("%s %d: its %d batch slots of %.0f MB would need more than this machine's %.0f MB of "
+                          "memory: use a smaller batch size (or --max-inflight-mb)"
+                          % (config.names["batch_size"], config.batch_size, slots, slot_bytes / 2**20,
+                             memory / 2**20))
 
 
 def _check_shard(config: ServerConfig, dataset_size: int) -> None:

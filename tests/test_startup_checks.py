@@ -106,3 +106,9 @@ def test_memory_budget_below_two_slots_is_refused_saying_the_minimum(source):
 
 def test_empty_shard_is_refused_at_start_up(source):
     assert "--shard 7/8" in refusal(["--source", source, "--shard", "7/8"])
+
+
+def test_batch_slots_beyond_the_machines_memory_are_refused(tmp_path):
+    source = "npz:%s" % write_npz(tmp_path / "big.npz", np.zeros((1, 1, 1000, 1000), np.uint8), [0])
+    message = refusal(["--source", source, "--batch-size", "300000", "--max-inflight-mb", "1e12"])
+    assert "--batch-size 300000" in message and "this machine's" in message  # 2 slots of 300 GB
