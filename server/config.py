@@ -18,8 +18,8 @@ import math
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass, fields
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,52 +28,55 @@ from server.batch_buffer import slot_bytes_for
 from server.batch_layout import BatchLayout
 from server.caffe_proto import read_mean_binaryproto
 from server.curve import CurveError, CurveServer
-from server.data_options import CLI_NAMES, DataOptionError, explicit_options, from_command_line, from_prototxt
+from server.data_options import DataOptionError, DataSpec, data_spec
 from server.options import DEFAULT_BIND, SEED_LIMIT, ConfigError, build_parser, environment_arguments
 from server.plan import Shard
-from server.sources import DEFAULT_DATASETS, SelectedArrays, SourceError, SourceOptions, open_source
+from server.sources import SelectedArrays, SourceError, SourceOptions, open_source
 from server.transform import TRAIN, TransformParams
 
 MAX_PORT = 65535
 _LARGEST_SEQ = 2**63 - 1  # the longest sequence number a header can carry
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerConfig:
+    """Every setting of a server, checked. The data fields are those of ``DataSpec``."""
+
+    # What to serve (server/data_options.py: from --source and its options, or from a prototxt layer).
     source: str
-    root_folder: str = ""
-    bind: List[str] = field(default_factory=list)
-    connect: List[str] = field(default_factory=list)
-    batch_size: int = 64
-    workers: int = 1
-    phase: str = TRAIN
-    shuffle: bool = True
-    seed: int = 0
-    epochs: Optional[int] = None
-    crop_size: int = 0
-    mirror: bool = False
-    mean_values: Tuple[float, ...] = ()
-    mean_file: str = ""
-    scale: float = 1.0
-    color: Optional[str] = None
-    max_inflight_mb: float = 512.0
-    log_interval_s: float = 5.0
-    stream_id: str = ""
-    on_bad_sample: str = "skip"
-    state_dir: str = ""
-    curve_secret_key: str = ""
-    allow_client_keys: List[str] = field(default_factory=list)
-    shard: Shard = Shard()
-    metrics_port: int = 0
-    wire_format: str = "auto"
-    compress: Optional[Tuple[str, Optional[int]]] = None  # (codec, zstd level)
-    # Data options beyond --source (server/data_options.py); names: how messages name each option.
-    resize_hw: Tuple[int, int] = (0, 0)
-    datasets: Tuple[str, ...] = DEFAULT_DATASETS
-    arrays: Optional[Tuple[str, ...]] = None
-    base_dir: str = ""
-    names: Dict[str, str] = field(default_factory=lambda: dict(CLI_NAMES))
-    layer: str = ""
+    batch_size: int
+    root_folder: str
+    crop_size: int
+    mirror: bool
+    mean_values: Tuple[float, ...]
+    mean_file: str
+    scale: float
+    color: Optional[str]
+    resize_hw: Tuple[int, int]
+    datasets: Tuple[str, ...]
+    arrays: Optional[Tuple[str, ...]]
+    names: Mapping[str, str]  # how messages name each data field
+    layer: str
+    base_dir: str
+    # How to serve it.
+    bind: List[str]
+    connect: List[str]
+    workers: int
+    phase: str
+    shuffle: bool
+    seed: int
+    epochs: Optional[int]
+    max_inflight_mb: float
+    log_interval_s: float
+    stream_id: str
+    on_bad_sample: str
+    state_dir: str
+    curve_secret_key: str
+    allow_client_keys: List[str]
+    shard: Shard
+    metrics_port: int
+    wire_format: str
+    compress: Optional[Tuple[str, Optional[int]]]  # (codec, zstd level)
 
     def codec(self) -> Optional[wire.Codec]:
         """The codec of ``--compress``, or None to send frames raw."""
@@ -116,17 +119,16 @@ def _config_of(argv: List[str]) -> ServerConfig:
     bind = list(dict.fromkeys(args.bind)) or ([] if args.connect else [DEFAULT_BIND])
     connect = list(dict.fromkeys(args.connect))
     try:
-        explicit = explicit_options(build_parser(), argv)
-        data = from_prototxt(args, explicit) if args.from_prototxt else from_command_line(args, explicit)
+        data = data_spec(args)
     except DataOptionError as exc:
         raise ConfigError(str(exc)) from None
-    default_shuffle = data.pop("default_shuffle")
-    if default_shuffle is None:
-        default_shuffle = args.phase == TRAIN
+    shuffle = args.shuffle  # --shuffle/--no-shuffle, else the layer's, else in TRAIN only
+    if shuffle is None:
+        shuffle = data.shuffle if data.shuffle is not None else args.phase == TRAIN
+    data_fields = {f.name: getattr(data, f.name) for f in fields(DataSpec) if f.name != "shuffle"}
     config = ServerConfig(
-        bind=bind, connect=connect, workers=args.workers, phase=args.phase,
-        shuffle=default_shuffle if args.shuffle is None else args.shuffle,
-        seed=args.seed, epochs=args.epochs, **data,
+        bind=bind, connect=connect, workers=args.workers, phase=args.phase, shuffle=shuffle,
+        seed=args.seed, epochs=args.epochs, **data_fields,
         max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,

@@ -5,7 +5,9 @@ turns the ``ZFEED_*`` variables of ``ENVIRONMENT`` into options placed
 before the command line's own (so that the command line wins), which is all
 a container needs to configure a server. The parser checks the syntax of
 each value and raises ``ConfigError`` instead of exiting; ``server.config``
-checks what the values mean.
+checks what the values mean. The data options have no argparse default
+(None when not given, see ``server.data_options.DEFAULTS``), so that what a
+user gives can be told from what they left out.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import zlib
 from typing import List, Mapping, Optional, Tuple
 
 from client_layer import wire
-from server.data_options import add_arguments as add_data_arguments
+from server.data_options import DEFAULTS as DATA_DEFAULTS, add_arguments as add_data_arguments
 from server.plan import Shard
 from server.transform import TEST, TRAIN
 
@@ -163,9 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--from-prototxt", default="", metavar="NET",
                        help="serve the Data/ImageData/HDF5Data layer that the Caffe net NET runs in --phase, "
                             "with its source, batch size and transform_param")
-    data.add_argument("--root-folder", default="", help="prefix of the paths in an image list (as Caffe's root_folder)")
-    data.add_argument("--force-color", action="store_true", help="decode images as 3-channel BGR")
-    data.add_argument("--force-gray", action="store_true", help="decode images as 1-channel gray")
+    data.add_argument("--root-folder", help="prefix of the paths in an image list (as Caffe's root_folder)")
+    data.add_argument("--force-color", action="store_true", default=None, help="decode images as 3-channel BGR")
+    data.add_argument("--force-gray", action="store_true", default=None, help="decode images as 1-channel gray")
     net = parser.add_argument_group("network")
     net.add_argument("--bind", action="append", default=[],
                      help="endpoint to bind the PUSH socket to (default %s when no --connect)" % DEFAULT_BIND)
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="endpoint of a trainer whose layer binds; repeat for several trainers")
     net.add_argument("--stream-id", default="", help="name of this server in batch headers (default host:pid)")
     order = parser.add_argument_group("batches")
-    order.add_argument("--batch-size", type=_positive_int, default=64)
+    order.add_argument("--batch-size", type=_positive_int, help="default %d" % DATA_DEFAULTS["batch_size"])
     order.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                        help="loader worker processes (default: number of CPUs)")
     order.add_argument("--phase", choices=(TRAIN, TEST), default=TRAIN)
@@ -189,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--max-inflight-mb", type=_number, default=512.0,
                        help="memory for batches being built or sent (default 512)")
     tf = parser.add_argument_group("transform_param (as Caffe)")
-    tf.add_argument("--crop-size", type=_non_negative_int, default=0)
-    tf.add_argument("--mirror", action="store_true")
-    tf.add_argument("--mean-value", type=_mean_values, default=(), help="B,G,R or one value for all channels")
-    tf.add_argument("--mean-file", default="", help="mean.binaryproto of the full image size")
-    tf.add_argument("--scale", type=_number, default=1.0)
+    tf.add_argument("--crop-size", type=_non_negative_int, help="default 0: no crop")
+    tf.add_argument("--mirror", action="store_true", default=None)
+    tf.add_argument("--mean-value", type=_mean_values, help="B,G,R or one value for all channels")
+    tf.add_argument("--mean-file", help="mean.binaryproto of the full image size")
+    tf.add_argument("--scale", type=_number, help="default 1")
     add_data_arguments(parser)
     parser.add_argument("--log-interval", type=_number, default=5.0, help="seconds between throughput lines")
     scale = parser.add_argument_group("scaling out")
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "restarted server resumes its epoch instead of starting over")
     parser.epilog = ("Environment variables give options too (the command line wins): %s; %s (endpoints "
                      "separated by spaces or commas); %s (1/true/yes or 0/false/no)." % (
-                         ", ".join("%s %s" % pair for pair in ENVIRONMENT.items()),
-                         ", ".join("%s %s" % pair for pair in ENVIRONMENT_LISTS.items()),
-                         ", ".join("%s %s" % (name, options[0]) for name, options in ENVIRONMENT_SWITCHES.items())))
+                         ", ".join("%s (%s)" % pair for pair in ENVIRONMENT.items()),
+                         ", ".join("%s (%s)" % pair for pair in ENVIRONMENT_LISTS.items()),
+                         ", ".join("%s (%s)" % (name, "/".join(filter(None, options))) for name, options in ENVIRONMENT_SWITCHES.items())))
     return parser
