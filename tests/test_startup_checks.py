@@ -9,6 +9,7 @@ import pytest
 from client_layer import wire
 from datasets import random_images, write_npz
 from server.__main__ import main
+from server.caffe_proto import write_mean_binaryproto
 from server.config import ConfigError, parse_config, prepare
 
 
@@ -45,6 +46,36 @@ def refusal(argv) -> str:
 ])
 def test_bad_values_are_refused_naming_the_option(source, extra, option):
     assert option in refusal(["--source", source, *extra])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mean-file", "m.binaryproto", "--mean-value", "1,2,3"], "--mean-file and --mean-value are both set"),
+    (["--crop-size", "13"], "--crop-size 13 is larger than the 12x14 images"),
+    (["--mean-value", "1,2"], "--mean-value has 2 values but the images have 3 channels"),
+    (["--mean-file", "missing.binaryproto"], "--mean-file missing.binaryproto"),
+    (["--force-color", "--force-gray"], "choose one"),
+    (["--bind", "udp://x"], "expected tcp://"),
+    (["--compress", "brotli"], "expected off, lz4, zstd or zstd:LEVEL"),
+    (["--compress", "lz4:3"], "only zstd takes a level"),
+    (["--compress", "zstd:99"], "zstd level 99: use -20 (fastest) to 22 (smallest)"),
+])
+def test_conflicting_or_unusable_settings_are_refused(source, extra, message):
+    assert message in refusal(["--source", source, *extra])
+
+
+def test_wrong_size_mean_file_is_refused(tmp_path, source):
+    mean = tmp_path / "mean.binaryproto"
+    write_mean_binaryproto(str(mean), np.zeros((3, 10, 10), np.float32))
+    assert "is 3x10x10 (C x H x W) but the images are 3x12x14" in refusal(["--source", source, "--mean-file", str(mean)])
+
+
+@pytest.mark.parametrize("source, message", [
+    ("lmdb:/nonexistent/db", "LMDB /nonexistent/db does not exist"),
+    ("imagelist:/nonexistent/list.txt", "cannot read image list /nonexistent/list.txt"),
+    ("csv:x", "expected KIND:PATH"),
+])
+def test_unusable_sources_are_refused(source, message):
+    assert message in refusal(["--source", source])
 
 
 def test_refusal_is_exit_status_2_with_the_message_logged(source, caplog):
