@@ -39,31 +39,14 @@ _LARGEST_SEQ = 2**63 - 1  # the longest sequence number a header can carry
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    """Every setting of a server, checked. The data fields are those of ``DataSpec``."""
+class ServerConfig(DataSpec):
+    """Every setting of a server, checked: what to serve (the fields of ``DataSpec``) and how."""
 
-    # What to serve (server/data_options.py: from --source and its options, or from a prototxt layer).
-    source: str
-    batch_size: int
-    root_folder: str
-    crop_size: int
-    mirror: bool
-    mean_values: Tuple[float, ...]
-    mean_file: str
-    scale: float
-    color: Optional[str]
-    resize_hw: Tuple[int, int]
-    datasets: Tuple[str, ...]
-    arrays: Optional[Tuple[str, ...]]
-    names: Mapping[str, str]  # how messages name each data field
-    layer: str
-    base_dir: str
-    # How to serve it.
+    shuffle: bool  # decided: --shuffle/--no-shuffle, else the layer's, else in TRAIN only
     bind: List[str]
     connect: List[str]
     workers: int
     phase: str
-    shuffle: bool
     seed: int
     epochs: Optional[int]
     max_inflight_mb: float
@@ -122,13 +105,13 @@ def _config_of(argv: List[str]) -> ServerConfig:
         data = data_spec(args)
     except DataOptionError as exc:
         raise ConfigError(str(exc)) from None
-    shuffle = args.shuffle  # --shuffle/--no-shuffle, else the layer's, else in TRAIN only
+    shuffle = args.shuffle
     if shuffle is None:
         shuffle = data.shuffle if data.shuffle is not None else args.phase == TRAIN
-    data_fields = {f.name: getattr(data, f.name) for f in fields(DataSpec) if f.name != "shuffle"}
     config = ServerConfig(
-        bind=bind, connect=connect, workers=args.workers, phase=args.phase, shuffle=shuffle,
-        seed=args.seed, epochs=args.epochs, **data_fields,
+        **{**{f.name: getattr(data, f.name) for f in fields(DataSpec)}, "shuffle": shuffle},
+        bind=bind, connect=connect, workers=args.workers, phase=args.phase,
+        seed=args.seed, epochs=args.epochs,
         max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
