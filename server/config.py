@@ -292,8 +292,8 @@ def _check_memory(config: ServerConfig, specs: List[wire.ArraySpec]) -> None:
 def _check_shard(config: ServerConfig, dataset_size: int) -> None:
     shard = config.shard
     if shard.size_of(dataset_size) < 1:
-        raise ConfigError("--shard %d/%d: %s has %d samples, so this shard is empty: use at most %d shards"
-                          % (shard.index, shard.count, config.source, dataset_size, dataset_size))
+        raise ConfigError("--shard %d/%d of %d samples is empty: use at most %d shards"
+                          % (shard.index, shard.count, dataset_size, dataset_size))
 
 
 def _deliverable(config: ServerConfig, source, layout: BatchLayout) -> PreparedData:
