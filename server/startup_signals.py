@@ -80,8 +80,12 @@ class StartupSignals:
 
     @staticmethod
     def _watch(read_fd: int, over: threading.Event) -> None:
-        signum = os.read(read_fd, 1)[0]
-        if signum == _START_UP_OVER[0] or over.wait(STOP_GRACE_S):
+        signum = 0
+        while signum not in SIGNALS:  # every signal with a Python handler is written here
+            signum = os.read(read_fd, 1)[0]
+            if signum == _START_UP_OVER[0]:
+                return
+        if over.wait(STOP_GRACE_S):
             return  # start-up is over, or unwound by StartupInterrupted: the main thread goes on
         log.info("%s", stopping_message(signum))
         os._exit(0)
