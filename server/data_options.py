@@ -70,7 +70,7 @@ _IMAGE_FILE_KINDS = ("imagelist", "folder")
 DEFAULTS = {
     "root_folder": "", "batch_size": 64, "crop_size": 0, "mirror": False, "mean_file": "", "mean_value": (),
     "scale": 1.0, "force_color": False, "force_gray": False, "new_height": 0, "new_width": 0,
-    "datasets": ",".join(DEFAULT_DATASETS), "layer": "", "stage": [], "level": None, "working_dir": "",
+    "datasets": ",".join(DEFAULT_DATASETS), "layer": "", "stage": (), "level": None, "working_dir": "",
 }
 
 
