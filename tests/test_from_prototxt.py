@@ -9,7 +9,6 @@ import pytest
 
 from datasets import random_images, write_lmdb
 from parity import write_hdf5
-from processes import run_server
 from server.caffe_proto import write_mean_binaryproto
 from server.config import ConfigError, parse_config, prepare
 
@@ -119,7 +118,7 @@ def test_the_phase_picks_the_layer_and_stages_and_levels_count(workdir):
     assert config_of(workdir, layers, "--stage", "deploy").layer.endswith("layer 'test_data' (Data)")
 
 
-# -- refused at start-up: the list, as real server processes ----------------------
+# -- refused at start-up: the list ----------------------------------------------------
 
 REFUSED = {
     "missing source": (data_layer(source="no_such_db"),
@@ -144,17 +143,14 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
-def test_bad_layer_stops_the_server_at_start_up_naming_field_and_file(workdir, case):
+def test_bad_layer_is_refused_at_start_up_naming_field_and_file(workdir, case):
     (workdir / "not_an_lmdb").mkdir()
     (workdir / "not_an_lmdb" / "data.mdb").write_bytes(b"garbage" * 100)
     layer, message = REFUSED[case]
-    result = run_server(["--from-prototxt", str(net(workdir, layer)), "--phase", "test",
-                         "--working-dir", str(workdir)], workdir)
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and str(workdir / "net.prototxt") in errors[0]
-    assert message.format(w=workdir) in errors[0]
-    assert "serving" not in result.stderr
+    with pytest.raises(ConfigError) as refused:
+        prepare(config_of(workdir, layer))
+    assert str(workdir / "net.prototxt") in str(refused.value)
+    assert message.format(w=workdir) in str(refused.value)
 
 
 # -- refused, in process -----------------------------------------------------------------
