@@ -72,10 +72,10 @@ def parse_config(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping
     from_environment = environment_arguments(os.environ if environ is None else environ)
     given = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _config_of([part for _, options in from_environment for part in options] + given)
+        return _config_of([part for _, _, arguments in from_environment for part in arguments] + given)
     except ConfigError as exc:
-        sources = ["%s sets %s" % (name, options[0]) for name, options in from_environment if options[0] in str(exc)]
-        raise ConfigError("%s%s" % (exc, " (%s)" % ", ".join(sources) if sources else "")) from None
+        origins = ["%s sets %s" % (name, option) for name, option, _ in from_environment if option in str(exc)]
+        raise ConfigError("%s%s" % (exc, " (%s)" % ", ".join(origins) if origins else "")) from None
 
 
 def _config_of(argv: List[str]) -> ServerConfig:

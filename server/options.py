@@ -55,16 +55,17 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError("%s (python -m server --help lists the options)" % message)
 
 
-def environment_arguments(environ: Mapping[str, str]) -> List[Tuple[str, List[str]]]:
-    """(variable, options) for each ``ZFEED_*`` variable set in ``environ``, in table order."""
+def environment_arguments(environ: Mapping[str, str]) -> List[Tuple[str, str, List[str]]]:
+    """(variable, option, arguments) for each ``ZFEED_*`` variable set in ``environ``, in table order.
+    Values are attached (``--stream-id=-x``), so that one that starts with a dash stays a value."""
     given = []
     for name, option in ENVIRONMENT.items():
         if environ.get(name):
-            given.append((name, [option, environ[name]]))
+            given.append((name, option, ["%s=%s" % (option, environ[name])]))
     for name, option in ENVIRONMENT_LISTS.items():
         endpoints = [e for e in re.split(r"[\s,]+", environ.get(name, "")) if e]
         if endpoints:
-            given.append((name, [part for e in endpoints for part in (option, e)]))
+            given.append((name, option, ["%s=%s" % (option, e) for e in endpoints]))
     for name, (when_true, when_false) in ENVIRONMENT_SWITCHES.items():
         value = environ.get(name, "")
         if not value:
@@ -73,7 +74,7 @@ def environment_arguments(environ: Mapping[str, str]) -> List[Tuple[str, List[st
             raise ConfigError("%s=%s: expected 1/true/yes or 0/false/no" % (name, value))
         option = when_true if value.lower() in _TRUE else when_false
         if option:
-            given.append((name, [option]))
+            given.append((name, option, [option]))
     return given
 
 

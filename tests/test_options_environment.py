@@ -23,6 +23,10 @@ def test_variables_become_options_and_the_command_line_wins():
     assert config.batch_size == 16 and config.crop_size == 8  # the command line comes last: it wins
 
 
+def test_a_value_that_starts_with_a_dash_stays_a_value():
+    assert parse_config(["--source", "npz:x"], {"ZFEED_STREAM_ID": "--odd-name"}).stream_id == "--odd-name"
+
+
 def test_no_variables_no_options():
     assert parse_config(["--source", "npz:x"], {}).mirror is False
     assert parse_config(["--source", "npz:x"], {"ZFEED_MIRROR": "0"}).mirror is False
