@@ -1,4 +1,9 @@
-"""``python -m server``: the zfeed data server's command line."""
+"""``python -m server``: the zfeed data server's command line.
+
+Exit status: 0 when done (``--epochs``) or stopped by SIGTERM/SIGINT, start-up
+included (server/startup_signals.py); 2 for a configuration it refuses
+(server/config.py); 1 when it cannot go on while serving.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import sys
 from typing import List, Optional
 
 from server.config import ConfigError, parse_config, prepare
+from server.startup_signals import StartupInterrupted, StartupSignals, stopping_message
 from server.supervisor import DataServer, ServerError
 
 log = logging.getLogger("zfeed.server")
@@ -15,17 +21,23 @@ log = logging.getLogger("zfeed.server")
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s zfeed-server %(levelname)s %(message)s")
+    signals = StartupSignals()
     try:
-        config = parse_config(argv)
-        server = DataServer(config, prepare(config))
+        with signals.watching():
+            config = parse_config(argv)
+            server = DataServer(config, prepare(config))
+        return server.run()
+    except StartupInterrupted as stop:
+        log.info("%s", stopping_message(stop.signum))
+        return 0
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    try:
-        return server.run()
     except ServerError as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        signals.restore()
 
 
 if __name__ == "__main__":

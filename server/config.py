@@ -1,227 +1,89 @@
-"""Command-line options of the data server, validated once at start-up.
+"""Settings of the data server, validated once at start-up.
 
-``parse_config(argv)`` returns a ``ServerConfig`` or raises ``ConfigError``
-with a message that names the option and says what to change. ``prepare``
-then opens the source and checks what needs the data (crop against the image
-size, the mean file's shape) before anything is started.
+``parse_config(argv, environ)`` reads the options (``server.options``: the
+command line after the ``ZFEED_*`` environment variables) and checks every
+value that can be checked without the data; it returns a ``ServerConfig`` or
+raises ``ConfigError`` with a message that names the option (or the prototxt
+field) and says what to change. ``prepare`` then opens the source and checks
+what needs the data: the crop against the image size, the mean file's
+shape, the shard against the dataset, and that a batch can be delivered at
+all (its header within the trainer's limit, each sample within one frame,
+two batch slots within ``--max-inflight-mb``). ``python -m server`` exits
+with status 2 on ConfigError.
 """
 
 from __future__ import annotations
 
-import argparse
+import math
 import os
 import socket
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+import sys
+from dataclasses import dataclass, fields
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from client_layer import wire
+from server.batch_buffer import slot_bytes_for
+from server.batch_layout import BatchLayout
 from server.caffe_proto import read_mean_binaryproto
 from server.curve import CurveError, CurveServer
+from server.data_options import DataOptionError, DataSpec, data_spec
+from server.options import DEFAULT_BIND, SEED_LIMIT, ConfigError, build_parser, environment_arguments
 from server.plan import Shard
-from server.data_options import (CLI_NAMES, DataOptionError, add_arguments as add_data_arguments,
-                                 explicit_options, from_command_line, from_prototxt)
-from server.sources import DEFAULT_DATASETS, SelectedArrays, SourceError, SourceOptions, open_source
-from server.batch_layout import BatchLayout
-from server.transform import TEST, TRAIN, TransformParams
+from server.sources import SelectedArrays, SourceError, SourceOptions, open_source
+from server.transform import TRAIN, TransformParams
 
-DEFAULT_BIND = "tcp://*:5555"
-MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -20, 22
+MAX_PORT = 65535
+_LARGEST_SEQ = 2**63 - 1  # the longest sequence number a header can carry
 
 
-class ConfigError(ValueError):
-    """A configuration the server refuses; the message says what to change."""
+@dataclass(frozen=True)
+class ServerConfig(DataSpec):
+    """Every setting of a server, checked: what to serve (the fields of ``DataSpec``) and how."""
 
-
-@dataclass
-class ServerConfig:
-    source: str
-    root_folder: str = ""
-    bind: List[str] = field(default_factory=list)
-    connect: List[str] = field(default_factory=list)
-    batch_size: int = 64
-    workers: int = 1
-    phase: str = TRAIN
-    shuffle: bool = True
-    seed: int = 0
-    epochs: Optional[int] = None
-    crop_size: int = 0
-    mirror: bool = False
-    mean_values: Tuple[float, ...] = ()
-    mean_file: str = ""
-    scale: float = 1.0
-    color: Optional[str] = None
-    max_inflight_mb: float = 512.0
-    log_interval_s: float = 5.0
-    stream_id: str = ""
-    on_bad_sample: str = "skip"
-    state_dir: str = ""
-    curve_secret_key: str = ""
-    allow_client_keys: List[str] = field(default_factory=list)
-    shard: Shard = Shard()
-    metrics_port: int = 0
-    wire_format: str = "auto"
-    compress: Optional[Tuple[str, Optional[int]]] = None  # (codec, zstd level)
-    # Data options beyond --source (server/data_options.py); names: how messages name each option.
-    resize_hw: Tuple[int, int] = (0, 0)
-    datasets: Tuple[str, ...] = DEFAULT_DATASETS
-    arrays: Optional[Tuple[str, ...]] = None
-    base_dir: str = ""
-    names: Dict[str, str] = field(default_factory=lambda: dict(CLI_NAMES))
-    layer: str = ""
+    shuffle: bool  # decided: --shuffle/--no-shuffle, else the layer's, else in TRAIN only
+    bind: List[str]
+    connect: List[str]
+    workers: int
+    phase: str
+    seed: int
+    epochs: Optional[int]
+    max_inflight_mb: float
+    log_interval_s: float
+    stream_id: str
+    on_bad_sample: str
+    state_dir: str
+    curve_secret_key: str
+    allow_client_keys: List[str]
+    shard: Shard
+    metrics_port: int
+    wire_format: str
+    compress: Optional[Tuple[str, Optional[int]]]  # (codec, zstd level)
 
     def codec(self) -> Optional[wire.Codec]:
         """The codec of ``--compress``, or None to send frames raw."""
         return wire.Codec(*self.compress) if self.compress else None
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, got %s" % text)
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more, got %s" % text)
-    return value
-
-
-def _shard(text: str) -> Shard:
-    index_text, sep, count_text = text.partition("/")
-    if index_text == "hostname":
-        host = socket.gethostname()
-        index_text = host.rpartition("-")[2]
-        if not index_text.isdigit():
-            raise argparse.ArgumentTypeError("hostname %r does not end in -NUMBER: give the shard as I/N" % host)
+def parse_config(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> ServerConfig:
+    """The settings ``argv`` (default: the command line) and ``environ``'s ``ZFEED_*`` variables
+    (default: the process environment) give, every value checked; ConfigError otherwise."""
+    from_environment = environment_arguments(os.environ if environ is None else environ)
+    given = list(sys.argv[1:] if argv is None else argv)
     try:
-        index, count = int(index_text), int(count_text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected I/N, e.g. 0/4, got %r" % text) from None
-    if not sep or count < 1 or not 0 <= index < count:
-        raise argparse.ArgumentTypeError("shard %s: need 0 <= I < N" % text)
-    return Shard(index, count)
+        return _config_of([part for _, _, arguments in from_environment for part in arguments] + given)
+    except ConfigError as exc:
+        origins = ["%s sets %s" % (name, option) for name, option, _ in from_environment if option in str(exc)]
+        raise ConfigError("%s%s" % (exc, " (%s)" % ", ".join(origins) if origins else "")) from None
 
 
-def _compress(text: str) -> Optional[Tuple[str, Optional[int]]]:
-    name, sep, level = text.partition(":")
-    if name == "off" and not sep:
-        return None
-    if name not in wire.CODECS:
-        raise argparse.ArgumentTypeError("expected off, %s or zstd:LEVEL, got %r" % (", ".join(wire.CODECS), text))
-    if not sep:
-        return name, None
-    if name != "zstd":
-        raise argparse.ArgumentTypeError("only zstd takes a level (zstd:LEVEL), %s does not" % name)
-    try:
-        value = int(level)
-    except ValueError:
-        raise argparse.ArgumentTypeError("zstd level %r is not an integer" % level) from None
-    if not MIN_ZSTD_LEVEL <= value <= MAX_ZSTD_LEVEL:
-        raise argparse.ArgumentTypeError("zstd level %d: use %d (fastest) to %d (smallest)"
-                                         % (value, MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL))
-    return name, value
-
-
-def _mean_values(text: str) -> Tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected numbers separated by commas, e.g. 104,117,123") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m server",
-        description="zfeed data server: loads, transforms and batches samples "
-                    "and pushes them to Caffe's ZmqDataLayer over ZeroMQ.")
-    data = parser.add_argument_group("data")
-    which = data.add_mutually_exclusive_group(required=True)
-    which.add_argument("--source",
-                       help="lmdb:PATH or leveldb:PATH (Caffe Datums), imagelist:LISTFILE (Caffe ImageData "
-                            "list), folder:DIR (a sub-folder per class), hdf5:LISTFILE (Caffe HDF5Data list), "
-                            "npz:PATH, or python:MODULE:FACTORY (your own dataset)")
-    which.add_argument("--from-prototxt", default="", metavar="NET",
-                       help="serve the Data/ImageData/HDF5Data layer that the Caffe net NET runs in --phase, "
-                            "with its source, batch size and transform_param")
-    data.add_argument("--root-folder", default="", help="prefix of the paths in an image list (as Caffe's root_folder)")
-    data.add_argument("--force-color", action="store_true", help="decode images as 3-channel BGR")
-    data.add_argument("--force-gray", action="store_true", help="decode images as 1-channel gray")
-    net = parser.add_argument_group("network")
-    net.add_argument("--bind", action="append", default=[],
-                     help="endpoint to bind the PUSH socket to (default %s when no --connect)" % DEFAULT_BIND)
-    net.add_argument("--connect", action="append", default=[],
-                     help="endpoint of a trainer whose layer binds; repeat for several trainers")
-    net.add_argument("--stream-id", default="", help="name of this server in batch headers (default host:pid)")
-    order = parser.add_argument_group("batches")
-    order.add_argument("--batch-size", type=_positive_int, default=64)
-    order.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
-                       help="loader worker processes (default: number of CPUs)")
-    order.add_argument("--phase", choices=(TRAIN, TEST), default=TRAIN)
-    order.add_argument("--shuffle", dest="shuffle", action="store_true", default=None,
-                       help="shuffle every epoch (default in train)")
-    order.add_argument("--no-shuffle", dest="shuffle", action="store_false",
-                       help="dataset order (default in test)")
-    order.add_argument("--seed", type=int, default=0, help="seed of the epoch orders, crops and flips")
-    order.add_argument("--epochs", type=_positive_int, default=None,
-                       help="stop after this many epochs (default: serve forever)")
-    order.add_argument("--max-inflight-mb", type=float, default=512.0,
-                       help="memory for batches being built or sent (default 512)")
-    tf = parser.add_argument_group("transform_param (as Caffe)")
-    tf.add_argument("--crop-size", type=_non_negative_int, default=0)
-    tf.add_argument("--mirror", action="store_true")
-    tf.add_argument("--mean-value", type=_mean_values, default=(), help="B,G,R or one value for all channels")
-    tf.add_argument("--mean-file", default="", help="mean.binaryproto of the full image size")
-    tf.add_argument("--scale", type=float, default=1.0)
-    add_data_arguments(parser)
-    parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between throughput lines")
-    scale = parser.add_argument_group("scaling out")
-    scale.add_argument("--shard", type=_shard, default=Shard(),
-                       help="I/N: serve shard I (0-based) of N, every N-th sample of each epoch's order, "
-                            "so that N servers with the same --seed cover each epoch once; I may be "
-                            "'hostname' to take it from the hostname's last '-NUMBER' (a StatefulSet ordinal)")
-    scale.add_argument("--metrics-port", type=_non_negative_int, default=0,
-                       help="serve Prometheus metrics on this port (default: off)")
-    scale.add_argument("--wire-format", choices=("auto", "float32"), default="auto",
-                       help="auto (default): send cropped, mirrored uint8 pixels and let the trainer apply "
-                            "mean and scale, bit-identical and a quarter of the bytes, wherever that is "
-                            "exact (uint8 images, no mean file); float32: always send finished blobs")
-    scale.add_argument("--compress", type=_compress, default=None, metavar="off|lz4|zstd[:LEVEL]",
-                       help="compress batches for slow links (default: off). zstd (level %d by default) "
-                            "shrinks real crops about 1.3x at about 1.5 GB/s per worker core: worth it where "
-                            "the network, not the server, is the limit (1 Gbit/s links); the trainer "
-                            "decompresses" % wire.DEFAULT_ZSTD_LEVEL)
-    security = parser.add_argument_group("security (CURVE: encryption and trainer authentication)")
-    security.add_argument("--curve-secret-key", default="",
-                          help="this server's .key_secret file (python -m server.tools.keygen)")
-    security.add_argument("--allow-client-key", action="append", default=[],
-                          help="public .key file of a trainer allowed to connect; repeatable")
-    faults = parser.add_argument_group("faults")
-    faults.add_argument("--on-bad-sample", choices=("skip", "fail"), default="skip",
-                        help="skip: log an unreadable sample once, count it and fill the batch with the "
-                             "next samples (default); fail: stop, naming the sample")
-    faults.add_argument("--state-dir", default="",
-                        help="directory where the server keeps its stream position, so that a "
-                             "restarted server resumes its epoch instead of starting over")
-    return parser
-
-
-def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
+def _config_of(argv: List[str]) -> ServerConfig:
     args = build_parser().parse_args(argv)
     if args.mean_file and args.mean_value:
         raise ConfigError("--mean-file and --mean-value are both set; Caffe takes one or the other: drop one")
     if args.force_color and args.force_gray:
         raise ConfigError("--force-color and --force-gray are both set: choose one")
-    for endpoint in args.bind + args.connect:
-        if not endpoint.startswith(("tcp://", "ipc://")):
-            raise ConfigError("endpoint %r: expected tcp://HOST:PORT (or ipc://PATH)" % endpoint)
-    if args.scale <= 0:
-        raise ConfigError("--scale %s: must be positive" % args.scale)
-    if args.max_inflight_mb <= 0:
-        raise ConfigError("--max-inflight-mb must be positive")
     if args.allow_client_key and not args.curve_secret_key:
         raise ConfigError("--allow-client-key needs --curve-secret-key (the server's own key)")
     if args.curve_secret_key:
@@ -236,19 +98,20 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
             raise ConfigError("--compress: %s" % exc) from None
     if args.state_dir and not os.path.isdir(args.state_dir):
         raise ConfigError("--state-dir %s is not a directory: create it or give another" % args.state_dir)
-    bind = args.bind or ([] if args.connect else [DEFAULT_BIND])
+    # The same endpoint twice (say from ZFEED_BIND and --bind) is one endpoint.
+    bind = list(dict.fromkeys(args.bind)) or ([] if args.connect else [DEFAULT_BIND])
+    connect = list(dict.fromkeys(args.connect))
     try:
-        explicit = explicit_options(build_parser(), argv)
-        data = from_prototxt(args, explicit) if args.from_prototxt else from_command_line(args, explicit)
+        data = data_spec(args)
     except DataOptionError as exc:
         raise ConfigError(str(exc)) from None
-    default_shuffle = data.pop("default_shuffle")
-    if default_shuffle is None:
-        default_shuffle = args.phase == TRAIN
-    return ServerConfig(
-        bind=bind, connect=args.connect, workers=args.workers, phase=args.phase,
-        shuffle=default_shuffle if args.shuffle is None else args.shuffle,
-        seed=args.seed, epochs=args.epochs, **data,
+    shuffle = args.shuffle
+    if shuffle is None:
+        shuffle = data.shuffle if data.shuffle is not None else args.phase == TRAIN
+    config = ServerConfig(
+        **{**{f.name: getattr(data, f.name) for f in fields(DataSpec)}, "shuffle": shuffle},
+        bind=bind, connect=connect, workers=args.workers, phase=args.phase,
+        seed=args.seed, epochs=args.epochs,
         max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
@@ -256,14 +119,55 @@ def parse_config(argv: Optional[List[str]] = None) -> ServerConfig:
         shard=args.shard, metrics_port=args.metrics_port, wire_format=args.wire_format,
         compress=args.compress,
     )
+    _check_values(config)
+    return config
+
+
+def _check_values(config: ServerConfig) -> None:
+    """The ranges of the numbers and endpoints, wherever they came from (options or a prototxt)."""
+    names = config.names
+    if not 0 <= config.seed < SEED_LIMIT:
+        raise ConfigError("--seed %d: use a seed from 0 to 2**64 - 1" % config.seed)
+    if not (math.isfinite(config.max_inflight_mb) and config.max_inflight_mb > 0):
+        raise ConfigError("--max-inflight-mb %s: give a positive number of megabytes" % config.max_inflight_mb)
+    if not (math.isfinite(config.log_interval_s) and config.log_interval_s > 0):
+        raise ConfigError("--log-interval %s: give a positive number of seconds" % config.log_interval_s)
+    if not 0 <= config.metrics_port <= MAX_PORT:
+        raise ConfigError("--metrics-port %d: use a port from 1 to %d (or 0: no metrics)"
+                          % (config.metrics_port, MAX_PORT))
+    if not (math.isfinite(config.scale) and config.scale > 0):
+        raise ConfigError("%s %s: must be a positive number" % (names["scale"], config.scale))
+    if not all(math.isfinite(value) for value in config.mean_values):
+        raise ConfigError("%s %s: every value must be a finite number"
+                          % (names["mean_value"], ",".join(map(str, config.mean_values))))
+    try:
+        config.stream_id.encode("utf-8")
+    except UnicodeError:
+        raise ConfigError("--stream-id %r: not UTF-8 text" % config.stream_id) from None
+    for option, endpoints in (("--bind", config.bind), ("--connect", config.connect)):
+        for endpoint in endpoints:
+            _check_endpoint(option, endpoint)
+
+
+def _check_endpoint(option: str, endpoint: str) -> None:
+    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
+        return
+    # tcp://HOST:PORT, or for --connect tcp://SOURCE;HOST:PORT; HOST may be [IPv6] or an interface.
+    host, colon, port = endpoint[len("tcp://"):].rpartition(";")[2].rpartition(":")
+    if (not endpoint.startswith("tcp://") or not colon or not host or not port.isdigit()
+            or not 1 <= int(port) <= MAX_PORT):
+        raise ConfigError("%s %s: expected tcp://HOST:PORT with a port from 1 to %d (or ipc://PATH)"
+                          % (option, endpoint, MAX_PORT))
 
 
 @dataclass
 class PreparedData:
-    """A source checked against the transform: what the workers will serve."""
+    """A source checked against the transform: what the workers will serve, and how a batch
+    of it travels (``specs``: one per array, checked to be deliverable)."""
 
     source: object
     layout: BatchLayout
+    specs: List[wire.ArraySpec]
 
 
 def _mean_array(config: ServerConfig, image_shape: Tuple[int, int, int]) -> Optional[np.ndarray]:
@@ -317,8 +221,92 @@ def _open_checked_source(config: ServerConfig):
     return source, first
 
 
+def _batch_specs(config: ServerConfig, layout: BatchLayout, batch_size: int) -> List[wire.ArraySpec]:
+    try:
+        return [wire.array_spec(name, dtype, shape) for name, dtype, shape in layout.batch_arrays(batch_size)]
+    except wire.WireError as exc:
+        raise ConfigError("%s %s: %s, so no trainer could receive it: make the samples smaller "
+                          "(--crop-size, --new-height/--new-width)" % (config.names["source"], config.source, exc)) from None
+
+
+def _header(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Tuple[bytes, List[wire.ArraySpec]]:
+    """The longest header a batch of ``batch_size`` can have, and the batch's specs."""
+    specs = _batch_specs(config, layout, batch_size)
+    return wire.encode_header(config.stream_id, _LARGEST_SEQ, specs, np.zeros(batch_size, np.int64),
+                              np.zeros(batch_size, np.int32), layout.wire_extra(),
+                              config.compress[0] if config.compress else None), specs
+
+
+def _header_refusal(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Optional[str]:
+    """Why the trainer's layer would refuse the header of a batch of ``batch_size`` (None: it would not)."""
+    header, specs = _header(config, layout, batch_size)
+    try:
+        wire.decode_header(memoryview(header), sum(s.nbytes for s in specs))
+    except wire.WireError as exc:
+        return str(exc)
+    return None
+
+
+def _check_header(config: ServerConfig, layout: BatchLayout) -> None:
+    """A header the trainer's layer refuses (over its size limit, say) would make it drop every batch."""
+    problem = _header_refusal(config, layout, 1)
+    if problem:
+        raise ConfigError("the trainer's layer would refuse every batch header (%s): shorten --stream-id" % problem)
+    one, two = (len(_header(config, layout, n)[0]) for n in (1, 2))
+    per_sample = two - one
+    # No larger batch can fit, whatever msgpack's length fields add: search below it only.
+    too_big = min(config.batch_size, 2 + (wire.MAX_HEADER_BYTES - one) // per_sample)
+    if too_big == config.batch_size and _header_refusal(config, layout, too_big) is None:
+        return
+    fits = 1
+    while too_big - fits > 1:
+        middle = (fits + too_big) // 2
+        if _header_refusal(config, layout, middle) is None:
+            fits = middle
+        else:
+            too_big = middle
+    raise ConfigError("%s %d: a batch header would be over the %d bytes a trainer accepts (it lists every "
+                      "sample), so every batch would be dropped: use a batch size of at most %d"
+                      % (config.names["batch_size"], config.batch_size, wire.MAX_HEADER_BYTES, fits))
+
+
+def _check_memory(config: ServerConfig, specs: List[wire.ArraySpec]) -> None:
+    """``--max-inflight-mb`` must hold the slots the supervisor allocates (server/supervisor.py)."""
+    # Imported here: server.supervisor imports this module.
+    from server.supervisor import slot_count_for
+    slot_bytes = slot_bytes_for([(s.name, s.dtype, s.shape) for s in specs], packed=config.compress is not None)
+    slots = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb)
+    if slots * slot_bytes > config.max_inflight_mb * 2**20:
+        minimum_mb = math.ceil(slots * slot_bytes / 2**20 * 1000) / 1000
+        raise ConfigError("--max-inflight-mb %s is less than %d batch slots of %.3f MB, the fewest a server "
+                          "runs with: give at least %.3f, or a smaller --batch-size"
+                          % (config.max_inflight_mb, slots, slot_bytes / 2**20, minimum_mb))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if slots * slot_bytes > memory:
+        raise ConfigError("%s %d: its %d batch slots of %.0f MB would need more than this machine's %.0f MB of "
+                          "memory: use a smaller batch size (or --max-inflight-mb)"
+                          % (config.names["batch_size"], config.batch_size, slots, slot_bytes / 2**20,
+                             memory / 2**20))
+
+
+def _check_shard(config: ServerConfig, dataset_size: int) -> None:
+    shard = config.shard
+    if shard.size_of(dataset_size) < 1:
+        raise ConfigError("--shard %d/%d of %d samples is empty: use at most %d shards"
+                          % (shard.index, shard.count, dataset_size, dataset_size))
+
+
+def _deliverable(config: ServerConfig, source, layout: BatchLayout) -> PreparedData:
+    """``source`` and ``layout`` with their wire specs, once batches of them are known to be deliverable."""
+    _check_shard(config, len(source))
+    specs = _batch_specs(config, layout, config.batch_size)
+    _check_header(config, layout)
+    _check_memory(config, specs)
+    return PreparedData(source, layout, specs)
+
+
 def prepare(config: ServerConfig) -> PreparedData:
-    """Open the source, read its first sample and check the transform against it."""
+    """Open the source, read its first sample and check the transform and the batches against it."""
     source, first = _open_checked_source(config)
     image = first.get("data")
     if not (source.transformable and image is not None and np.ndim(image) == 3):
@@ -326,7 +314,7 @@ def prepare(config: ServerConfig) -> PreparedData:
             raise ConfigError("%s: the samples of %s have no C x H x W 'data' image to transform (they have %s)"
                               % (config.names["transform"], config.source,
                                  ", ".join("%s %s" % (k, np.shape(v)) for k, v in first.items())))
-        return PreparedData(source, BatchLayout.from_sample(first, None))
+        return _deliverable(config, source, BatchLayout.from_sample(first, None))
     image_shape = tuple(int(d) for d in image.shape)
     channels, height, width = image_shape
     if config.crop_size > min(height, width):
@@ -336,4 +324,5 @@ def prepare(config: ServerConfig) -> PreparedData:
                              min(height, width)))
     params = TransformParams(phase=config.phase, crop_size=config.crop_size, mirror=config.mirror,
                              scale=config.scale, mean=_mean_array(config, image_shape))
-    return PreparedData(source, BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto"))
+    return _deliverable(config, source,
+                        BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto"))

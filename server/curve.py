@@ -10,11 +10,13 @@ the supervisor (pyzmq's ThreadAuthenticator).
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Set
+import struct
+from typing import List, Optional, Set, Tuple
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 log = logging.getLogger("zfeed.server")
 
@@ -23,23 +25,45 @@ class CurveError(ValueError):
     """A key file cannot be used; the message names it."""
 
 
-def load_public_key(path: str) -> bytes:
+KEY_CHARACTERS = 40  # a 32-byte CURVE key in Z85 text
+
+
+def _checked_key(path: str, which: str, text: bytes) -> bytes:
+    """``text`` if it is a Z85 CURVE key; CurveError naming ``path`` otherwise."""
+    if len(text) != KEY_CHARACTERS:
+        raise CurveError("CURVE key file %s: its %s is %d characters, a key is %d (is the file cut short?): "
+                         "make keys with python -m server.tools.keygen" % (path, which, len(text), KEY_CHARACTERS))
     try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise CurveError("cannot read CURVE key %s: %s (make keys with python -m server.tools.keygen)"
-                         % (path, exc)) from None
-    return public
+        z85.decode(text)
+    except (ValueError, KeyError, struct.error):
+        raise CurveError("CURVE key file %s: its %s holds characters that are not Z85 text: "
+                         "make keys with python -m server.tools.keygen" % (path, which)) from None
+    return text
 
 
-def load_key_pair(path: str):
+def _read_certificate(path: str) -> Tuple[bytes, Optional[bytes]]:
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise CurveError("cannot read CURVE key %s: %s (make keys with python -m server.tools.keygen)"
                          % (path, exc)) from None
+    return _checked_key(path, "public-key", public), secret
+
+
+def load_public_key(path: str) -> bytes:
+    """The public key in the key file ``path``; CurveError naming the file if it is unusable."""
+    return _read_certificate(path)[0]
+
+
+def load_key_pair(path: str) -> Tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` file; CurveError naming the file if unusable."""
+    public, secret = _read_certificate(path)
     if secret is None:
         raise CurveError("%s holds no secret key: give the .key_secret file" % path)
+    _checked_key(path, "secret-key", secret)
+    if zmq.curve_public(secret) != public:
+        raise CurveError("CURVE key file %s: its public and secret keys do not match (an edited file?): "
+                         "make keys with python -m server.tools.keygen" % path)
     return public, secret
 
 

@@ -37,7 +37,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Set
+from dataclasses import dataclass, replace
+from typing import Mapping, Optional, Sequence, Set, Tuple
 
 from server.decode import COLOR_BGR, COLOR_GRAY
 from server.prototxt import DataLayer, PrototxtError, select_data_layer
@@ -64,34 +65,61 @@ LAYER_OWNED = ("source", "root_folder", "crop_size", "mirror", "mean_file",
                "datasets")
 TRANSFORM_OPTIONS = ("crop_size", "mirror", "mean_file", "mean_value", "scale")
 _IMAGE_FILE_KINDS = ("imagelist", "folder")
+# The data options' values when not given. The parser leaves them None, so that a given
+# option can be told from a default one (options a prototxt layer owns cannot be given).
+DEFAULTS = {
+    "root_folder": "", "batch_size": 64, "crop_size": 0, "mirror": False, "mean_file": "", "mean_value": (),
+    "scale": 1.0, "force_color": False, "force_gray": False, "new_height": 0, "new_width": 0,
+    "datasets": ",".join(DEFAULT_DATASETS), "layer": "", "stage": (), "level": None, "working_dir": "",
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to serve and how to transform it, from ``--source`` and its options or from a layer."""
+
+    source: str  # KIND:PATH
+    batch_size: int
+    root_folder: str
+    crop_size: int
+    mirror: bool
+    mean_values: Tuple[float, ...]
+    mean_file: str
+    scale: float
+    color: Optional[str]  # decode.COLOR_*, None: as stored
+    resize_hw: Tuple[int, int]  # (0, 0): no resize
+    datasets: Tuple[str, ...]  # HDF5 datasets to serve
+    arrays: Optional[Tuple[str, ...]]  # the arrays of each sample to serve (None: all)
+    shuffle: Optional[bool]  # the layer's shuffle; None: the phase decides
+    names: Mapping[str, str]  # how messages name each field (option or prototxt field)
+    layer: str  # where the layer is, or "" for --source
+    base_dir: str  # what relative paths are relative to ("": the current directory)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that choose a prototxt layer (``--from-prototxt`` itself is beside ``--source``),
     and those of image-file and HDF5 sources."""
     data = parser.add_argument_group("with --from-prototxt")
-    data.add_argument("--layer", default="", help="the data layer's name, when NET has several for the phase")
-    data.add_argument("--stage", action="append", default=[],
+    data.add_argument("--layer", help="the data layer's name, when NET has several for the phase")
+    data.add_argument("--stage", action="append",
                       help="a stage of the net state (as the solver's train_state/test_state); repeatable")
-    data.add_argument("--level", type=int, default=None, help="the level of the net state")
-    data.add_argument("--working-dir", default="",
+    data.add_argument("--level", type=int, help="the level of the net state")
+    data.add_argument("--working-dir",
                       help="where Caffe runs: what the prototxt's relative paths are relative to "
                            "(default: the current directory)")
     images = parser.add_argument_group("image files, HDF5 (as Caffe's ImageData, HDF5Data)")
-    images.add_argument("--new-height", type=int, default=0, help="resize images to this height (with --new-width)")
-    images.add_argument("--new-width", type=int, default=0, help="resize images to this width (with --new-height)")
-    images.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
-                        help="HDF5 datasets to serve, in top order (default: data,label)")
+    images.add_argument("--new-height", type=int, help="resize images to this height (with --new-width)")
+    images.add_argument("--new-width", type=int, help="resize images to this width (with --new-height)")
+    images.add_argument("--datasets",
+                        help="HDF5 datasets to serve, in top order (default: %s)" % DEFAULTS["datasets"])
 
 
-def explicit_options(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> Set[str]:
-    """Dests of the options ``argv`` gives (as opposed to defaults)."""
-    for action in parser._actions:  # argparse has no public way to tell a default from a given value
-        action.default = argparse.SUPPRESS
-        action.required = False
-    for group in parser._mutually_exclusive_groups:
-        group.required = False
-    return set(vars(parser.parse_args(argv)))
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    """What ``args`` (the parsed options) says to serve: the layer of ``--from-prototxt``, or
+    ``--source`` with the options that go with it. DataOptionError names what is wrong."""
+    given = {dest for dest in DEFAULTS if getattr(args, dest) is not None}
+    values = argparse.Namespace(**{**vars(args), **{dest: DEFAULTS[dest] for dest in DEFAULTS if dest not in given}})
+    return from_prototxt(values, given) if args.from_prototxt else from_command_line(values, given)
 
 
 def _resolve(base_dir: str, path: str) -> str:
@@ -104,8 +132,8 @@ def _check_size_pair(height: int, width: int, name: str) -> None:
                               "only when both are set), got %d x %d" % (name, height, width))
 
 
-def from_command_line(args: argparse.Namespace, explicit: Set[str]) -> Dict[str, object]:
-    """ServerConfig fields for ``--source`` and the options that go with it."""
+def from_command_line(args: argparse.Namespace, explicit: Set[str]) -> DataSpec:
+    """``--source`` and the options that go with it; ``explicit``: the options given."""
     for dest in ("layer", "stage", "level", "working_dir"):
         if dest in explicit:
             raise DataOptionError("--%s applies only with --from-prototxt" % dest.replace("_", "-"))
@@ -125,15 +153,15 @@ def from_command_line(args: argparse.Namespace, explicit: Set[str]) -> Dict[str,
         if not datasets:
             raise DataOptionError("--datasets: name at least one HDF5 dataset, e.g. data,label")
     color = COLOR_BGR if args.force_color else COLOR_GRAY if args.force_gray else None
-    return dict(source=args.source, root_folder=args.root_folder, batch_size=args.batch_size,
-                crop_size=args.crop_size, mirror=args.mirror, mean_values=args.mean_value,
-                mean_file=args.mean_file, scale=args.scale, color=color,
-                resize_hw=(args.new_height, args.new_width),
-                datasets=datasets if kind == "hdf5" else DEFAULT_DATASETS,
-                arrays=None, default_shuffle=None, names=dict(CLI_NAMES), layer="", base_dir="")
+    return DataSpec(source=args.source, root_folder=args.root_folder, batch_size=args.batch_size,
+                    crop_size=args.crop_size, mirror=args.mirror, mean_values=args.mean_value,
+                    mean_file=args.mean_file, scale=args.scale, color=color,
+                    resize_hw=(args.new_height, args.new_width),
+                    datasets=datasets if kind == "hdf5" else DEFAULT_DATASETS,
+                    arrays=None, shuffle=None, names=CLI_NAMES, layer="", base_dir="")
 
 
-def _layer_names(layer: DataLayer, param: str) -> Dict[str, str]:
+def _layer_names(layer: DataLayer, param: str) -> Mapping[str, str]:
     where = layer.where()
     names = {key: "%s: transform_param.%s" % (where, key) for key in TRANSFORM_OPTIONS}
     names.update(source="%s: %s.source" % (where, param), batch_size="%s: %s.batch_size" % (where, param),
@@ -164,8 +192,8 @@ def _image_tops(layer: DataLayer) -> Sequence[str]:
     return DEFAULT_DATASETS[:len(layer.tops)]
 
 
-def from_layer(layer: DataLayer, base_dir: str) -> Dict[str, object]:
-    """ServerConfig fields that serve ``layer`` as Caffe would (see the module docstring)."""
+def from_layer(layer: DataLayer, base_dir: str) -> DataSpec:
+    """What serves ``layer`` as Caffe would (see the module docstring)."""
     param_name = {"Data": "data_param", "ImageData": "image_data_param",
                   "HDF5Data": "hdf5_data_param"}[layer.type]
     if not layer.param.HasField(param_name):
@@ -191,7 +219,7 @@ def from_layer(layer: DataLayer, base_dir: str) -> Dict[str, object]:
                   mirror=bool(transform.mirror), mean_values=tuple(transform.mean_value),
                   mean_file=_resolve(base_dir, transform.mean_file), scale=float(transform.scale),
                   root_folder="", color=None, resize_hw=(0, 0), datasets=DEFAULT_DATASETS,
-                  default_shuffle=False, names=names, layer=layer.where())
+                  shuffle=False, names=names, layer=layer.where())
     source = _resolve(base_dir, param.source)
     if layer.type == "Data":
         kind = "lmdb" if param.backend == param.LMDB else "leveldb"
@@ -209,7 +237,7 @@ def from_layer(layer: DataLayer, base_dir: str) -> Dict[str, object]:
         fields.update(source="imagelist:%s" % source, arrays=_image_tops(layer),
                       root_folder=param.root_folder, color=COLOR_BGR if param.is_color else COLOR_GRAY,
                       resize_hw=(int(param.new_height), int(param.new_width)),
-                      default_shuffle=bool(param.shuffle))
+                      shuffle=bool(param.shuffle))
     else:
         if layer.param.HasField("transform_param"):
             raise DataOptionError("%s has a transform_param; HDF5 data is served as stored "
@@ -218,13 +246,12 @@ def from_layer(layer: DataLayer, base_dir: str) -> Dict[str, object]:
         if not layer.tops:
             raise DataOptionError("%s has no tops: name the HDF5 datasets to serve as its tops" % layer.where())
         fields.update(source="hdf5:%s" % source, arrays=None, datasets=layer.tops,
-                      default_shuffle=bool(param.shuffle))
-    fields["base_dir"] = base_dir
-    return fields
+                      shuffle=bool(param.shuffle))
+    return DataSpec(base_dir=base_dir, **fields)
 
 
-def from_prototxt(args: argparse.Namespace, explicit: Set[str]) -> Dict[str, object]:
-    """ServerConfig fields for ``--from-prototxt``: the layer's data, checked against the options."""
+def from_prototxt(args: argparse.Namespace, explicit: Set[str]) -> DataSpec:
+    """The layer of ``--from-prototxt``, checked against the options given (``explicit``)."""
     given = ["--" + dest.replace("_", "-") for dest in LAYER_OWNED if dest in explicit]
     if given:
         raise DataOptionError("%s: with --from-prototxt the data layer sets these; edit the prototxt, "
@@ -236,9 +263,9 @@ def from_prototxt(args: argparse.Namespace, explicit: Set[str]) -> Dict[str, obj
         layer = select_data_layer(args.from_prototxt, args.phase, args.layer, args.level, args.stage)
     except PrototxtError as exc:
         raise DataOptionError("--from-prototxt: %s" % exc) from None
-    fields = from_layer(layer, base_dir)
+    spec = from_layer(layer, base_dir)
     log.info("using %s for phase %s", layer.where(), args.phase.upper())
     if "batch_size" in explicit:
-        log.info("--batch-size %d instead of the layer's %d", args.batch_size, fields["batch_size"])
-        fields["batch_size"] = args.batch_size
-    return fields
+        log.info("--batch-size %d instead of the layer's %d", args.batch_size, spec.batch_size)
+        spec = replace(spec, batch_size=args.batch_size)
+    return spec

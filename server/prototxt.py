@@ -101,6 +101,10 @@ _TOKEN = re.compile(r"""
   | (?P<punct>[{}<>\[\]:,;])
 """, re.VERBOSE)
 _CLOSERS = {"{": "}", "<": ">"}
+_OPENERS = ("{", "<", "[")
+# Blocks and lists nest this deep at most: far beyond any real net (Caffe's messages nest a few
+# levels), and well within Python's recursion limit, which the scanner's recursion must not reach.
+MAX_NESTING = 100
 
 
 @dataclass
@@ -144,6 +148,7 @@ class _Scanner:
         self.text, self.path = text, path
         self.tokens = _tokens(text, path)
         self.position = 0
+        self.depth = 0
 
     def error(self, message: str, token: Optional[_Token] = None) -> PrototxtError:
         offset = token.start if token is not None else len(self.text)
@@ -182,24 +187,34 @@ class _Scanner:
 
     def value(self):
         token = self.take()
-        if token.kind == "punct" and token.text in _CLOSERS:
-            children = list(self.fields(_CLOSERS[token.text]))
-            return ("block", token, self.take(), children)
-        if token.kind == "punct" and token.text == "[":
-            items = []
-            while self.peek() is not None and self.peek().text != "]":
-                if self.peek().text == ",":
-                    self.take()
-                    continue
-                items.append(self.value())
-            self.take()
-            return ("list", items)
+        if token.kind == "punct" and token.text in _OPENERS:
+            if self.depth == MAX_NESTING:
+                raise self.error("blocks nested more than %d deep: not a Caffe net" % MAX_NESTING, token)
+            self.depth += 1
+            try:
+                return self._nested(token)
+            finally:
+                self.depth -= 1
         if token.kind == "punct":
             raise self.error("expected a value, found %r" % token.text, token)
         parts = [token]
         while token.kind == "string" and self.peek() is not None and self.peek().kind == "string":
             parts.append(self.take())  # adjacent strings concatenate
         return ("scalar", parts)
+
+    def _nested(self, opener: _Token):
+        """The block or list that ``opener`` opens, up to its closer."""
+        if opener.text in _CLOSERS:
+            children = list(self.fields(_CLOSERS[opener.text]))
+            return ("block", opener, self.take(), children)
+        items = []
+        while self.peek() is not None and self.peek().text != "]":
+            if self.peek().text == ",":
+                self.take()
+                continue
+            items.append(self.value())
+        self.take()
+        return ("list", items)
 
 
 def _scalar(children, field: str) -> str:

@@ -10,6 +10,12 @@ the slot count), those released since the last save (after a SIGKILL), and
 top-up rows above the low-water position. The state is only reused by a
 server serving the same stream (same source, size, seed, batch size,
 shuffling, epochs and phase); otherwise it is ignored with a log line.
+
+A state that cannot be written (a full disk, a directory gone read-only)
+never stops the server: the failure is logged once, the temporary file is
+removed, and saving resumes when it works again (logged too). Until then the
+file on disk is the last one saved, so a restart repeats the batches sent
+since, and loses none.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class ResumeState:
         self.stream = stream
         self._saved: Optional[Tuple[int, int]] = None
         self._saved_at = 0.0
+        self._failing = False
 
     @classmethod
     def for_config(cls, config, dataset_size: int) -> Optional["ResumeState"]:
@@ -62,13 +69,35 @@ class ResumeState:
         return seq, position
 
     def save(self, seq: int, position: int, force: bool = False) -> None:
+        """Write (seq, position) atomically, at most every ``SAVE_INTERVAL_S`` unless ``force``;
+        a failure is logged (once until a save works again), never raised."""
         now = time.monotonic()
         if (seq, position) == self._saved or (not force and now - self._saved_at < SAVE_INTERVAL_S):
             return
         temporary = self.path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump({"stream": self.stream, "seq": seq, "position": position}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
-        self._saved, self._saved_at = (seq, position), now
+        self._saved_at = now  # also after a failure: retry at the same pace, not on every loop
+        try:
+            with open(temporary, "w", encoding="utf-8") as f:
+                json.dump({"stream": self.stream, "seq": seq, "position": position}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            self._remove(temporary)
+            if not self._failing:
+                log.warning("cannot save the stream position to %s (%s): serving on; a restart now would "
+                            "resume from the last position saved, repeating the batches sent since",
+                            self.path, exc.strerror or exc)
+                self._failing = True
+            return
+        if self._failing:
+            log.info("saving the stream position to %s again", self.path)
+            self._failing = False
+        self._saved = (seq, position)
+
+    @staticmethod
+    def _remove(path: str) -> None:
+        try:
+            os.remove(path)
+        except OSError:
+            pass  # never written, or the directory is gone: nothing is left behind either way

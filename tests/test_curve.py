@@ -9,6 +9,7 @@ import pytest
 from client_layer import BatchClient, NoDataError
 from datasets import write_npz
 from processes import ServerProcess, free_port, run_server
+from test_startup_checks import refusal
 from server.tools.keygen import main as keygen
 
 pytestmark = pytest.mark.integration
@@ -140,6 +141,53 @@ def test_pixels_cross_the_wire_in_clear_only_without_curve(tmp_path, keys, sourc
     (["--curve-secret-key", "{keys}/server.key", "--allow-client-key", "{keys}/trainer.key"], "holds no secret key"),
     (["--curve-secret-key", "{keys}/missing", "--allow-client-key", "{keys}/trainer.key"], "cannot read CURVE key"),
 ])
-def test_bad_key_options_are_refused_at_start_up(tmp_path, keys, source, extra, message):
-    result = run_server(["--source", source] + [e.format(keys=keys) for e in extra], tmp_path)
-    assert result.returncode == 2 and message in result.stderr
+def test_bad_key_options_are_refused_at_start_up(keys, source, extra, message):
+    assert message in refusal(["--source", source] + [e.format(keys=keys) for e in extra])
+
+
+# -- key files with bad content: refused at start-up, in-process and as a process -------------
+
+def _cut_key(path, which, keep):
+    """Rewrite ``path`` with its ``which`` key cut to ``keep`` characters."""
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip().startswith(which):
+            name, _, value = line.partition("=")
+            lines[number] = '%s= "%s"' % (name, value.strip().strip('"')[:keep])
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_secret_key_cut_short_is_refused_naming_the_file(source, keys):
+    _cut_key(keys / "server.key_secret", "secret-key", 20)
+    message = refusal(curve_server_args(source, free_port(), keys))
+    assert str(keys / "server.key_secret") in message and "40" in message
+
+
+def test_truncated_client_key_file_is_refused_naming_the_file(source, keys):
+    path = keys / "trainer.key"
+    text = path.read_text()
+    path.write_text(text[:text.index("public-key") + 30])
+    message = refusal(curve_server_args(source, free_port(), keys))
+    assert str(path) in message
+
+
+def test_secret_key_file_whose_keys_do_not_match_is_refused(source, keys):
+    secret = (keys / "server.key_secret").read_text()
+    trainer_public = (keys / "trainer.key").read_text().split('public-key = "')[1].split('"')[0]
+    server_public = secret.split('public-key = "')[1].split('"')[0]
+    (keys / "server.key_secret").write_text(secret.replace(server_public, trainer_public))
+    assert "do not match" in refusal(curve_server_args(source, free_port(), keys))
+
+
+def test_key_with_characters_outside_z85_is_refused(source, keys):
+    path = keys / "trainer.key"
+    public = path.read_text().split('public-key = "')[1].split('"')[0]
+    path.write_text(path.read_text().replace(public, "~" * 40))
+    assert str(path) in refusal(curve_server_args(source, free_port(), keys))
+
+
+def test_server_with_a_secret_key_cut_short_exits_2_and_does_not_hang(tmp_path, keys, source):
+    _cut_key(keys / "server.key_secret", "secret-key", 20)
+    result = run_server(curve_server_args(source, free_port(), keys), tmp_path, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert str(keys / "server.key_secret") in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,96 @@
+"""SIGTERM and SIGINT while the server starts: exit status 0 within ``STOP_GRACE_S``.
+
+NOTE [ Signals during start-up ]
+Start-up (reading the options, listing the source, reading its first
+sample) can take long, in Python code or inside one C call (listing a large
+LMDB) during which no Python signal handler runs. ``StartupSignals`` covers
+that phase twice over:
+
+- its handler raises ``StartupInterrupted``, which unwinds the start-up as
+  soon as the interpreter runs again. It is a BaseException, so that no
+  ``except Exception`` in a source swallows it; ``python -m server`` logs it
+  and exits 0.
+- ``watching()`` also starts a thread that the signal wakes at once (through
+  ``signal.set_wakeup_fd``, written from C). If the start-up has not unwound
+  ``STOP_GRACE_S`` later, the thread logs the signal and ends the process
+  with status 0 (``os._exit``). C calls that release the GIL, as the LMDB and
+  LevelDB listings do, let it run. Nothing needs cleaning up then: no worker,
+  socket or file of the server exists yet.
+
+After ``watching()`` the handler stays until ``DataServer.run`` installs its
+own (its first statement), so that a signal in between still stops the
+server; ``restore()`` puts back the handlers found at the start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from typing import Iterator
+
+log = logging.getLogger("zfeed.server")
+
+STOP_GRACE_S = 1.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_START_UP_OVER = b"\0"  # not a signal number
+
+
+class StartupInterrupted(BaseException):
+    """A stop signal arrived before the server was serving."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum, _frame) -> None:
+    raise StartupInterrupted(signum)
+
+
+def stopping_message(signum: int) -> str:
+    return "%s received during start-up: stopping" % signal.Signals(signum).name
+
+
+class StartupSignals:
+    def __init__(self):
+        self._previous = {sig: signal.signal(sig, _interrupt) for sig in SIGNALS}
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """The start-up phase: a signal ends the process within ``STOP_GRACE_S`` whatever runs."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        over = threading.Event()
+        watchdog = threading.Thread(target=self._watch, args=(read_fd, over), name="zfeed-startup-signals",
+                                    daemon=True)
+        previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        watchdog.start()
+        try:
+            yield
+        finally:
+            over.set()
+            signal.set_wakeup_fd(previous_fd)
+            os.write(write_fd, _START_UP_OVER)
+            watchdog.join()
+            os.close(read_fd)
+            os.close(write_fd)
+
+    @staticmethod
+    def _watch(read_fd: int, over: threading.Event) -> None:
+        signum = 0
+        while signum not in SIGNALS:  # every signal with a Python handler is written here
+            signum = os.read(read_fd, 1)[0]
+            if signum == _START_UP_OVER[0]:
+                return
+        if over.wait(STOP_GRACE_S):
+            return  # start-up is over, or unwound by StartupInterrupted: the main thread goes on
+        log.info("%s", stopping_message(signum))
+        os._exit(0)
+
+    def restore(self) -> None:
+        """Put back the handlers found when this object was made."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
