@@ -50,6 +50,7 @@ class ServerConfig(DataSpec):
     seed: int
     epochs: Optional[int]
     max_inflight_mb: float
+    max_batches_per_message: int
     log_interval_s: float
     stream_id: str
     on_bad_sample: str
@@ -112,7 +113,8 @@ def _config_of(argv: List[str]) -> ServerConfig:
         **{**{f.name: getattr(data, f.name) for f in fields(DataSpec)}, "shuffle": shuffle},
         bind=bind, connect=connect, workers=args.workers, phase=args.phase,
         seed=args.seed, epochs=args.epochs,
-        max_inflight_mb=args.max_inflight_mb, log_interval_s=args.log_interval,
+        max_inflight_mb=args.max_inflight_mb, max_batches_per_message=args.max_batches_per_message,
+        log_interval_s=args.log_interval,
         stream_id=args.stream_id or "%s:%d" % (socket.gethostname(), os.getpid()),
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
         curve_secret_key=args.curve_secret_key, allow_client_keys=args.allow_client_key,

@@ -27,13 +27,15 @@ from server.transform import TEST, TRAIN
 DEFAULT_BIND = "tcp://*:5555"
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -20, 22
 SEED_LIMIT = 2**64  # seeds are 0 .. 2**64 - 1
+DEFAULT_MAX_BATCHES_PER_MESSAGE = 16  # NOTE [ Batches per message ] in server/assembly.py
 
 # Variable -> option. Empty variables are ignored.
 ENVIRONMENT = {
     "ZFEED_SOURCE": "--source", "ZFEED_FROM_PROTOTXT": "--from-prototxt", "ZFEED_ROOT_FOLDER": "--root-folder",
     "ZFEED_PHASE": "--phase", "ZFEED_BATCH_SIZE": "--batch-size", "ZFEED_WORKERS": "--workers",
     "ZFEED_SEED": "--seed", "ZFEED_EPOCHS": "--epochs", "ZFEED_SHARD": "--shard",
-    "ZFEED_MAX_INFLIGHT_MB": "--max-inflight-mb", "ZFEED_CROP_SIZE": "--crop-size",
+    "ZFEED_MAX_INFLIGHT_MB": "--max-inflight-mb", "ZFEED_MAX_BATCHES_PER_MESSAGE": "--max-batches-per-message",
+    "ZFEED_CROP_SIZE": "--crop-size",
     "ZFEED_MEAN_VALUE": "--mean-value", "ZFEED_MEAN_FILE": "--mean-file", "ZFEED_SCALE": "--scale",
     "ZFEED_METRICS_PORT": "--metrics-port", "ZFEED_STATE_DIR": "--state-dir",
     "ZFEED_ON_BAD_SAMPLE": "--on-bad-sample", "ZFEED_STREAM_ID": "--stream-id",
@@ -191,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many epochs (default: serve forever)")
     order.add_argument("--max-inflight-mb", type=_number, default=512.0,
                        help="memory for batches being built or sent (default 512)")
+    order.add_argument("--max-batches-per-message", type=_positive_int, default=DEFAULT_MAX_BATCHES_PER_MESSAGE,
+                       help="small batches travel together, up to this many (default %d) in messages of about "
+                            "1 MB: fewer, larger messages cost less per batch; 1: one batch per message, the "
+                            "finest sharing between trainers and the least a trainer holds unread"
+                            % DEFAULT_MAX_BATCHES_PER_MESSAGE)
     tf = parser.add_argument_group("transform_param (as Caffe)")
     tf.add_argument("--crop-size", type=_non_negative_int, help="default 0: no crop")
     tf.add_argument("--mirror", action="store_true", default=None)

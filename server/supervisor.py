@@ -49,7 +49,7 @@ import zmq
 from client_layer import wire
 from server.assembly import BatchAssembly, PackTask, PendingBatch, Task
 from server.batch_buffer import BatchSlots, slot_bytes_for
-from server.config import ConfigError, PreparedData, ServerConfig
+from server.config import PreparedData, ServerConfig
 from server.curve import CurveServer
 from server.metrics import ServerMetrics
 from server.plan import EpochPlan
@@ -68,10 +68,9 @@ MIN_SLOTS = 2
 SEND_QUEUE_SLOTS = 8
 MAX_DEATHS_WITHOUT_PROGRESS = 5
 # NOTE [ Batches per message ] (assembly.py): small batches go out together, in messages of about
-# this size; a few MB amortise the per-message work on both sides and keep the trainer's
-# prefetch small.
-MESSAGE_TARGET_BYTES = 4 * 2**20
-MAX_BATCHES_PER_MESSAGE = 64
+# this size (and at most --max-batches-per-message batches): enough to pay the per-message work
+# once for many small batches, not so much that one trainer's share grows coarse.
+MESSAGE_TARGET_BYTES = 2**20
 MAX_ROWS_PER_MESSAGE = 16384  # the header carries 12 bytes per sample: stay far below its limit
 
 
@@ -84,15 +83,16 @@ def slot_count_for(slot_bytes: int, workers: int, max_inflight_mb: float, batche
 
 
 def batches_per_message_for(batch_specs: List[wire.ArraySpec], batch_slot_bytes: int, workers: int,
-                            max_inflight_mb: float) -> int:
+                            max_inflight_mb: float, most: int) -> int:
     """How many batches of ``batch_specs`` one message carries: as many as fit
-    ``MESSAGE_TARGET_BYTES``, each array of the message in one frame (see wire.py), while
-    the slots ``slot_count_for`` wants (``batch_slot_bytes`` per batch) fit the memory budget."""
+    ``MESSAGE_TARGET_BYTES``, at most ``most``, each array of the message in one frame (see
+    wire.py), while the slots ``slot_count_for`` wants (``batch_slot_bytes`` per batch) fit the
+    memory budget."""
     batch_bytes = max(1, sum(s.nbytes for s in batch_specs))
     largest = max(1, max(s.nbytes for s in batch_specs))
     rows = max(1, batch_specs[0].shape[0])
     wanted_slots = TASKS_PER_WORKER * workers + SEND_QUEUE_SLOTS
-    return max(1, min(MAX_BATCHES_PER_MESSAGE, MESSAGE_TARGET_BYTES // batch_bytes,
+    return max(1, min(most, MESSAGE_TARGET_BYTES // batch_bytes,
                       wire.MAX_FRAME_BYTES // largest, MAX_ROWS_PER_MESSAGE // rows,
                       int(max_inflight_mb * 2**20 // (wanted_slots * max(1, batch_slot_bytes)))))
 
@@ -107,27 +107,20 @@ class DataServer:
     def __init__(self, config: ServerConfig, prepared: PreparedData):
         self.config = config
         self.prepared = prepared
-        try:
-            self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed, config.shuffle,
-                                  config.epochs, config.shard, getattr(prepared.source, "shuffled_order", None))
-        except ValueError as exc:
-            raise ConfigError("--shard: %s" % exc) from None
-        batch_specs = [wire.array_spec(name, dtype, shape)
-                       for name, dtype, shape in prepared.layout.batch_arrays(config.batch_size)]
+        self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed, config.shuffle,
+                              config.epochs, config.shard, getattr(prepared.source, "shuffled_order", None))
+        batch_specs = prepared.specs
         self.batch_bytes = sum(s.nbytes for s in batch_specs)
         self.codec = config.codec()
         batch_slot_bytes = slot_bytes_for([(s.name, s.dtype, s.shape) for s in batch_specs], self.codec is not None)
         self.batches_per_message = batches_per_message_for(batch_specs, batch_slot_bytes, config.workers,
-                                                           config.max_inflight_mb)
+                                                           config.max_inflight_mb, config.max_batches_per_message)
         # The arrays of a slot: one message's batches.
         self.specs = [wire.array_spec(name, dtype, shape) for name, dtype, shape
                       in prepared.layout.batch_arrays(config.batch_size * self.batches_per_message)]
         layout = [(s.name, s.dtype, s.shape) for s in self.specs]
         slot_bytes = slot_bytes_for(layout, packed=self.codec is not None)
         slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
-        if slot_count * slot_bytes > config.max_inflight_mb * 2**20:
-            log.warning("one batch slot is %.1f MB: %d of them exceed --max-inflight-mb %.0f",
-                        slot_bytes / 2**20, slot_count, config.max_inflight_mb)
         self.slots = BatchSlots(layout, slot_count, packed=self.codec is not None)
         # A stack: the most recently released slot is reused first, so idle slots stay untouched pages.
         self.free_slots: List[int] = list(range(slot_count - 1, -1, -1))

@@ -6,6 +6,8 @@ import pytest
 
 from server.config import ConfigError, parse_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_variables_become_options_and_the_command_line_wins():
     environ = {"ZFEED_SOURCE": "lmdb:/data/my train_lmdb", "ZFEED_PHASE": "train", "ZFEED_BATCH_SIZE": "32",

@@ -270,7 +270,7 @@ def test_compressed_batches_are_smaller_and_decode_to_the_same_bytes(tmp_path, c
     images[20:] = random_images(4, (3, 40, 48))  # noise: these frames travel raw
     source = "npz:%s" % write_npz(tmp_path / "d.npz", images, range(24))
     common = ["--batch-size", "4", "--phase", "test", "--workers", "2", "--crop-size", "32",
-              "--mean-value", "104,117,123", "--scale", "0.5"]
+              "--mean-value", "104,117,123", "--scale", "0.5", "--max-batches-per-message", "1"]
     plain, _, _ = serve_and_collect(tmp_path, source, common, batches=6, name="plain")
     port, metrics_port = free_port(), free_port()
     args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--compress", compress,

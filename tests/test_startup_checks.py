@@ -12,6 +12,8 @@ from server.__main__ import main
 from server.caffe_proto import write_mean_binaryproto
 from server.config import ConfigError, parse_config, prepare
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def source(tmp_path):

@@ -20,6 +20,8 @@ from server.config import ConfigError, parse_config, prepare
 from server.options import ENVIRONMENT, ENVIRONMENT_LISTS, ENVIRONMENT_SWITCHES
 from server.tools.keygen import main as keygen
 
+pytestmark = pytest.mark.unit
+
 # Text a real argv or environment can hold: anything but NUL.
 TEXT = st.text(st.characters(blacklist_characters="\0"), max_size=12)
 NUMBERS = st.one_of(st.integers(-2**70, 2**70).map(str),

@@ -11,6 +11,8 @@ import pytest
 
 from processes import ServerProcess, free_port
 
+pytestmark = pytest.mark.integration
+
 STOP_BOUND_S = 5.0
 SLOW_STEPS = {
     "python": "time.sleep(60)",

@@ -17,6 +17,8 @@ from processes import ServerProcess, free_port
 from server.plan import Shard
 from server.resume_state import STATE_FILE, ResumeState
 
+pytestmark = pytest.mark.integration
+
 FILLER = "filler"
 
 
