@@ -20,8 +20,9 @@ is measured too: moving them over loopback may itself be slower than
 Caffe's copy in one process.
 
 Then time to the first batch against dataset size: LMDBs of 10,000,
-100,000 and 1,280,000 raw 3x16x16 Datums, page cache dropped before each
-start when running as root (a cold start, as after a reboot).
+100,000 and 1,280,000 raw 3x16x16 Datums, in key order (as Caffe's Data
+layer reads) and shuffled, the page cache dropped before each start when
+running as root (a cold start, as after a reboot).
 """
 
 from __future__ import annotations
@@ -221,13 +222,17 @@ def drop_page_cache() -> bool:
     return True
 
 
-def first_batch_s(children: Children, lmdb: Path, tag: str) -> float:
+ORDERS = {"key order": "--no-shuffle", "shuffled": "--shuffle"}
+
+
+def first_batch_s(children: Children, lmdb: Path, order: str, tag: str) -> float:
     from client_layer import BatchClient
 
     port = free_port()
     started = time.monotonic()
     server = children.start("small-first-%s" % tag, [PYTHON, "-m", "server", "--source", "lmdb:%s" % lmdb,
-                                                     "--workers", str(WORKERS), "--batch-size", str(BATCH),
+                                                     ORDERS[order], "--workers", str(WORKERS),
+                                                     "--batch-size", str(BATCH),
                                                      "--bind", "tcp://127.0.0.1:%d" % port], python_env())
     try:
         with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=STARTUP_S) as client:
@@ -241,10 +246,12 @@ def startup(children: Children) -> List[dict]:
     rows = []
     for size in STARTUP_SIZES:
         lmdb = raw_lmdb(CACHE / ("startup_%d_lmdb" % size), size, (3, 16, 16), 4)
-        cold = drop_page_cache()
-        rows.append({"size": size, "cold": cold, "seconds": first_batch_s(children, lmdb, str(size))})
-        print("  first batch from %d records (%s cache): %.2f s" % (size, "cold" if cold else "warm",
-                                                                  rows[-1]["seconds"]), file=sys.stderr)
+        for order in ORDERS:
+            cold = drop_page_cache()
+            seconds = first_batch_s(children, lmdb, order, "%d-%s" % (size, ORDERS[order]))
+            rows.append({"size": size, "order": order, "cold": cold, "seconds": seconds})
+            print("  first batch from %d records, %s (%s cache): %.2f s"
+                  % (size, order, "cold" if cold else "warm", seconds), file=sys.stderr)
     return rows
 
 
@@ -267,11 +274,11 @@ def report(plan: Plan, results, ceiling: Dict[str, float], first: List[dict]) ->
                      target, runs(by_way["zfeed"])))
     table = markdown_table(("Data", "Caffe's layer, images/s", "zfeed, images/s", "floor, images/s",
                             "zfeed / Caffe", "zfeed / floor", "trainer waited", "Target", "zfeed runs"), rows)
-    first_rows = [("%d" % r["size"], "cold" if r["cold"] else "warm", "%.2f" % r["seconds"],
+    first_rows = [("%d" % r["size"], r["order"], "cold" if r["cold"] else "warm", "%.2f" % r["seconds"],
                    verdict(r["seconds"], TARGET_FIRST_BATCH_S, at_most=True) if r["size"] >= 1_280_000 else "")
                   for r in first]
-    first_table = markdown_table(("LMDB records (3x16x16)", "page cache", "first batch after start, s", "Target"),
-                                 first_rows)
+    first_table = markdown_table(("LMDB records (3x16x16)", "order", "page cache", "first batch after start, s",
+                                  "Target"), first_rows)
     notes = [
         "- Net: the data layer then Silence, TRAIN, batch %d, forward only, timed for %.0f s after %.1f s; "
         "%d round(s), each running Caffe's layer, zfeed and the floor back to back; medians, and ratios are "

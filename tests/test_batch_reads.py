@@ -192,3 +192,23 @@ def test_an_hdf5_file_truncated_while_served_is_reported_not_served_as_zeros(tmp
     with pytest.raises(OSError, match="truncated file"):  # never opened before: h5py refuses it
         source.read(2003)
     source.close()
+
+
+def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
+    from datasets import random_images, write_lmdb
+
+    from server.sources import LmdbSource
+
+    monkeypatch.setattr(LmdbSource, "KEYS_LISTED_AT_ONCE", 4)
+    images = random_images(10, (1, 2, 3))
+    source = LmdbSource(str(write_lmdb(tmp_path / "db", images, range(10))))
+    assert len(source) == 10 and source._keys == []  # counted from the statistics, nothing listed
+    assert source.describe(5).endswith("key '00000005'")  # outside a worker: its own transaction
+    source.open()
+    assert np.array_equal(source.read(2)["data"], images[2]) and len(source._keys) == 6
+    blocks, rest = source.read_many(np.array([9, 0, 7]))
+    assert rest.tolist() == [] and len(source._keys) == 10
+    assert np.array_equal(blocks[0].arrays["data"], images[[9, 0, 7]])
+    with pytest.raises(IndexError, match="record 10 of an LMDB of 10 records"):
+        source.read(10)
+    source.close()

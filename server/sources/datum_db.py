@@ -20,6 +20,7 @@ database itself is never touched. The shadow is removed on close.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import shutil
@@ -35,23 +36,35 @@ from server.sources.raw_datums import parse_raw_datums
 
 
 class DatumDbSource(Source):
-    """Datums in a key-value database, by key order. A subclass lists the keys
-    (``keys``) and gets values in a worker (``_get`` and ``_get_many``)."""
+    """Datums in a key-value database, by key order. A subclass knows how many
+    records there are, lists their keys (``_list_keys_through``: at least
+    through record ``index``, into ``_keys``) and gets values in a worker
+    (``_get`` and ``_get_many``)."""
 
     kind = ""  # "LMDB" or "LevelDB", for messages
 
-    def __init__(self, path: str, color: str, keys: List[bytes]):
+    def __init__(self, path: str, color: str, count: int):
         self.path = path
         self.color = color
-        self._keys = keys
-        if not keys:
+        self._count = count
+        self._keys: List[bytes] = []
+        if not count:
             raise SourceError("%s %s holds no records" % (self.kind, path))
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._count
+
+    def _list_keys_through(self, index: int) -> None:
+        raise IndexError("record %d of a %s of %d records" % (index, self.kind, self._count))
+
+    def _key_list(self, indices: Sequence[int]) -> List[bytes]:
+        """The keys of records ``indices``."""
+        if indices and max(indices) >= len(self._keys):
+            self._list_keys_through(max(indices))
+        return operator.itemgetter(*indices)(self._keys) if len(indices) > 1 else [self._keys[i] for i in indices]
 
     def describe(self, index: int) -> str:
-        return "%s %s key %r" % (self.kind, self.path, self._keys[index].decode("utf-8", "replace"))
+        return "%s %s key %r" % (self.kind, self.path, self._key_list([index])[0].decode("utf-8", "replace"))
 
     def _get(self, key: bytes) -> Optional[bytes]:
         raise NotImplementedError
@@ -60,7 +73,7 @@ class DatumDbSource(Source):
         return list(map(self._get, keys))
 
     def read(self, index: int) -> Sample:
-        value = self._get(self._keys[index])
+        value = self._get(self._key_list([index])[0])
         if value is None:
             raise ValueError("record vanished from the %s" % self.kind)
         return datum_sample(value, self.color)
@@ -68,18 +81,23 @@ class DatumDbSource(Source):
     def read_many(self, indices: np.ndarray) -> BlockRead:
         """Raw Datums of a common layout in blocks; the rest (encoded, float_data,
         odd or missing records) left to ``read``."""
-        keys = operator.itemgetter(*indices.tolist())(self._keys) if len(indices) > 1 else \
-            [self._keys[i] for i in indices.tolist()]
-        blocks, rest = parse_raw_datums(self._get_many(keys))
+        blocks, rest = parse_raw_datums(self._get_many(self._key_list(indices.tolist())))
         return [SampleBlock(b.positions, {"data": b.images, "label": b.labels.astype(np.float32)})
                 for b in blocks], rest
 
 
 
 class LmdbSource(DatumDbSource):
-    """Caffe ``Datum`` records in an LMDB, raw (``data``/``float_data``) or encoded."""
+    """Caffe ``Datum`` records in an LMDB, raw (``data``/``float_data``) or encoded.
+
+    Its size comes from the database's statistics, and each process lists
+    the keys as far as it reads (``KEYS_LISTED_AT_ONCE`` or more at a time),
+    so serving in key order (Caffe's Data layer, TEST) starts at once
+    whatever the size; a shuffled pass lists every key on its first batch.
+    """
 
     kind = "LMDB"
+    KEYS_LISTED_AT_ONCE = 65536
 
     def __init__(self, path: str, color: str = COLOR_NATIVE):
         import lmdb
@@ -87,24 +105,26 @@ class LmdbSource(DatumDbSource):
         if not os.path.isdir(path) and not os.path.isfile(path):
             raise SourceError("LMDB %s does not exist" % path)
         try:
-            env = lmdb.open(path, readonly=True, lock=False, readahead=False,
-                            subdir=os.path.isdir(path), max_readers=512)
+            env = self._open_env(path)
         except lmdb.Error as exc:
             raise SourceError("cannot open LMDB %s: %s" % (path, exc)) from None
         try:
-            with env.begin(buffers=False) as txn:
-                keys = list(txn.cursor().iternext(keys=True, values=False))
+            count = env.stat()["entries"]
         finally:
             env.close()
-        super().__init__(path, color, keys)
+        super().__init__(path, color, count)
         self._env = None
         self._txn = None
 
-    def open(self) -> None:
+    @staticmethod
+    def _open_env(path: str):
         import lmdb
 
-        self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
-                              subdir=os.path.isdir(self.path), max_readers=512)
+        return lmdb.open(path, readonly=True, lock=False, readahead=False, subdir=os.path.isdir(path),
+                         max_readers=512)
+
+    def open(self) -> None:
+        self._env = self._open_env(self.path)
         self._txn = self._env.begin(buffers=True)
 
     def close(self) -> None:
@@ -112,6 +132,27 @@ class LmdbSource(DatumDbSource):
             self._txn.abort()
             self._env.close()
             self._env = self._txn = None
+
+    def _list_keys_through(self, index: int) -> None:
+        if index >= self._count:
+            raise IndexError("record %d of an LMDB of %d records" % (index, self._count))
+        env = self._env or self._open_env(self.path)  # describe() may name a record outside a worker
+        try:
+            with env.begin(buffers=False) as txn:
+                cursor = txn.cursor()
+                if self._keys:
+                    cursor.set_key(self._keys[-1])
+                    cursor.next()
+                else:
+                    cursor.first()
+                wanted = max(index + 1, len(self._keys) + self.KEYS_LISTED_AT_ONCE)
+                keys = cursor.iternext(keys=True, values=False)
+                self._keys.extend(itertools.islice(keys, wanted - len(self._keys)))
+        finally:
+            if env is not self._env:
+                env.close()
+        if len(self._keys) <= index:
+            raise ValueError("the LMDB has %d records, not the %d it had at start-up" % (len(self._keys), self._count))
 
     def _get(self, key: bytes) -> Optional[bytes]:
         return self._txn.get(key)
@@ -181,7 +222,8 @@ class LevelDbSource(DatumDbSource):
         finally:
             db.close()
             shutil.rmtree(shadow, ignore_errors=True)
-        super().__init__(path, color, keys)
+        super().__init__(path, color, len(keys))
+        self._keys = keys  # LevelDB keeps no count: the keys are listed at start-up
         self._db = None
         self._shadow = None
 
