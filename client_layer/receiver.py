@@ -31,6 +31,7 @@ import zmq.auth
 from zmq.utils import z85
 
 from client_layer import wire
+from client_layer.connection_guard import ConnectionGuard
 
 log = logging.getLogger("zfeed.client")
 
@@ -115,6 +116,7 @@ class BatchClient:
             raise ValueError("prefetch must be an integer of at least 1, got %r" % (prefetch,))
         self.timeout_s = float(timeout_s)
         self.max_batch_bytes = int(max_batch_bytes)
+        self._prefetch = prefetch
         self.wait_s = 0.0  # total time receive() spent waiting
         self.rejected = 0  # messages dropped: malformed, or refused by the caller (reject())
         self.last_rejection = ""  # why the last one was dropped
@@ -127,7 +129,10 @@ class BatchClient:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, prefetch)
         self._socket.setsockopt(zmq.RCVBUF, RECEIVE_BUFFER_BYTES)
+        # Per frame in libzmq; the guard bounds whole messages.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(wire.MAX_FRAME_BYTES, wire.MAX_HEADER_BYTES))
+        self._largest_message = 0
+        self._guard = ConnectionGuard(self._socket, self.unread_limit, lambda: self.endpoints)
         if curve_secret_key or curve_server_key:
             self._use_curve(curve_secret_key, curve_server_key)
         try:
@@ -157,6 +162,12 @@ class BatchClient:
         self._socket.curve_secretkey = secret
         self._socket.curve_publickey = public
         self._socket.curve_serverkey = server_public
+
+    def unread_limit(self, connections: int) -> int:
+        """Bytes ZeroMQ may hold for this socket with ``connections`` open: one message of
+        up to ``max_batch_bytes`` being received, and ``prefetch`` complete plus one partial
+        per connection of the largest message taken so far."""
+        return self.max_batch_bytes + (self._prefetch + connections) * self._largest_message
 
     @property
     def endpoints(self) -> str:
@@ -195,6 +206,9 @@ class BatchClient:
                 slice_end = min(deadline, next_log, time.monotonic() + POLL_SLICE_S)
                 if self._socket.poll(int(max(0.0, slice_end - time.monotonic()) * 1000) + 1):
                     frames = self._socket.recv_multipart(copy=False)
+                    size = sum(len(frame) for frame in frames)
+                    self._guard.took(size, len(frames))
+                    self._largest_message = max(self._largest_message, size)
                     try:
                         batch = wire.decode_batch(frames, self.max_batch_bytes)
                     except wire.CodecMissingError as exc:
@@ -242,6 +256,9 @@ class BatchClient:
         return self.receive()
 
     def close(self) -> None:
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()
         if not self._socket.closed:
             self._socket.close(0)
         if not self._context.closed:

@@ -5,6 +5,9 @@ Real sockets over tcp on 127.0.0.1; the server is a real process.
 
 import logging
 import math
+import socket
+import struct
+import threading
 import time
 import urllib.request
 
@@ -113,3 +116,65 @@ def test_a_stalled_trainer_holds_at_most_the_stated_bound_unread(tmp_path):
     bound = prefetch + QUEUED_PER_TRAINER + 2 + math.ceil(kernel_buffers / batches[-1].wire_bytes)
     assert bound < 40  # with autotuned buffers the same run left about 70 unread
     assert 0 < sent - read <= bound, (sent, read, bound)
+
+
+# A raw ZMTP 3.0 peer (NULL mechanism) that declares itself a PUSH socket.
+ZMTP_GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL" + bytes(16) + b"\x00" + bytes(31)
+_READY_BODY = b"\x05READY" + bytes([11]) + b"Socket-Type" + struct.pack(">I", 4) + b"PUSH"
+ZMTP_READY = b"\x04" + bytes([len(_READY_BODY)]) + _READY_BODY
+
+
+def endless_message(port, budget, stop):
+    """Send 8 MiB frames flagged "more" and never a last frame, reconnecting when cut,
+    until ``budget`` bytes are sent or ``stop`` is set; returns how many connections were cut."""
+    frame = b"\x03" + struct.pack(">Q", 8 << 20) + bytes(8 << 20)
+    sent, cut = 0, 0
+    while sent < budget and not stop.is_set():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+                connection.sendall(ZMTP_GREETING + ZMTP_READY)
+                while sent < budget and not stop.is_set():
+                    connection.sendall(frame)
+                    sent += len(frame)
+        except OSError:
+            cut += 1
+            time.sleep(0.05)
+    return cut
+
+
+def rss_bytes():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+
+def test_an_endless_multipart_message_cannot_grow_the_trainer_past_its_limit():
+    """Issue 16.4: ZMQ_MAXMSGSIZE bounds each frame only; the guard bounds the whole message.
+    A binding trainer with max_batch_mb 64 faces 768 MB of one endless message while a
+    well-behaved peer keeps sending batches: its RSS stays within the limit and it keeps
+    receiving."""
+    port, max_batch = free_port(), 64 << 20
+    context = zmq.Context()
+    server = context.socket(zmq.PUSH)
+    server.setsockopt(zmq.LINGER, 0)
+    stop, cuts = threading.Event(), []
+    with BatchClient(bind="tcp://127.0.0.1:%d" % port, timeout_s=10, max_batch_bytes=max_batch) as client:
+        baseline, peak = rss_bytes(), 0
+        attacker = threading.Thread(target=lambda: cuts.append(endless_message(port, 768 << 20, stop)))
+        attacker.start()
+        try:
+            server.connect("tcp://127.0.0.1:%d" % port)
+            received = 0
+            while attacker.is_alive():
+                server.send_multipart(good_batch(received))
+                assert client.receive().seq == received
+                received += 1
+                peak = max(peak, rss_bytes() - baseline)
+                assert peak < 3 * max_batch, "RSS grew by %d MB" % (peak >> 20)
+        finally:
+            stop.set()
+            attacker.join(30)
+            server.close()
+            context.term()
+    assert cuts and cuts[0] >= 2 and client._guard.cuts >= 2  # it came back and was cut again
+    assert received > 10
+    assert peak < 2 * max_batch, "RSS grew by %d MB" % (peak >> 20)
