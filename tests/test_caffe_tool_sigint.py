@@ -80,3 +80,23 @@ def test_sigint_while_waiting_for_data_snapshots_and_stops_within_a_second(tmp_p
     assert iteration == done + 1  # the interrupted iteration completed on the previous batch
     assert (tmp_path / ("snap_iter_%d.caffemodel" % iteration)).is_file()
     assert (tmp_path / ("snap_iter_%d.solverstate" % iteration)).is_file()
+
+
+def test_under_pycaffe_sigint_while_waiting_is_a_keyboard_interrupt_at_once(tmp_path):
+    """Where Python owns SIGINT (pycaffe, ``caffe test``), nothing is lent: Python's own
+    handler raises KeyboardInterrupt in the wait."""
+    port = free_port()
+    net = tmp_path / "net.prototxt"
+    net.write_text(NET % {"layers": LAYER % ("TEST", json.dumps({"address": "tcp://127.0.0.1:%d" % port,
+                                                                "timeout_s": 60}))})
+    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=str(REPO))
+    command = [caffe_python(), str(HERE / "caffe_scripts" / "run_net.py"), str(net), "test", "1",
+               str(tmp_path / "out.npz"), "data"]
+    with LoggedProcess(command, tmp_path / "pycaffe.log", env=env) as trainer:
+        trainer.wait_for_log("waiting for data for 5 s", timeout=60)  # for its first batch, at set-up
+        trainer.process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        status = trainer.wait(10)
+        stopped_after = time.monotonic() - sent
+    assert status != 0 and stopped_after < 1.0, (status, stopped_after, trainer.log)
+    assert "KeyboardInterrupt" in trainer.log

@@ -91,7 +91,9 @@ def test_wait_share_per_phase_agrees_with_the_demos_count_and_lines_print_once(t
         layer_share = phases[phase]["metrics"]["zfeed_layer_wait_share"]
         assert abs(layer_share - demo_share) <= 0.02, (phase, layer_share, demo_share)
     assert phases["test"]["metrics"]["zfeed_layer_wait_share"] > 0.3, phases  # the slow server shows
-    assert phases["train"]["seconds"] > phases["test"]["seconds"]  # so wall time would have diluted it
+    # A share over wall time, as the layer used to take it, would have been diluted by training.
+    wall_share = phases["test"]["wait_s"] / (phases["train"]["seconds"] + phases["test"]["seconds"])
+    assert phases["test"]["metrics"]["zfeed_layer_wait_share"] > wall_share + 0.1, phases
     layer_lines = [line.split(" zfeed-layer ", 1)[1] for line in stderr.splitlines() if " zfeed-layer " in line]
     assert sum("layer metrics on" in line for line in layer_lines) == 2  # one per layer
     assert [line for line, count in Counter(layer_lines).items() if count > 1] == []
