@@ -166,7 +166,7 @@ class BatchClient:
     def unread_limit(self, connections: int) -> int:
         """Bytes ZeroMQ may hold for this socket with ``connections`` open: one message of
         up to ``max_batch_bytes`` being received, and ``prefetch`` complete plus one partial
-        per connection of the largest message taken so far."""
+        per connection of the largest valid batch taken so far."""
         return self.max_batch_bytes + (self._prefetch + connections) * self._largest_message
 
     @property
@@ -208,7 +208,6 @@ class BatchClient:
                     frames = self._socket.recv_multipart(copy=False)
                     size = sum(len(frame) for frame in frames)
                     self._guard.took(size, len(frames))
-                    self._largest_message = max(self._largest_message, size)
                     try:
                         batch = wire.decode_batch(frames, self.max_batch_bytes)
                     except wire.CodecMissingError as exc:
@@ -222,6 +221,7 @@ class BatchClient:
                         continue
                     self.batches_received += 1
                     self.samples_received += batch.size
+                    self._largest_message = max(self._largest_message, size)  # valid batches only
                     return batch
                 if stop_requested is not None and stop_requested():
                     raise ReceiveInterrupted("stopped while waiting for data (%s)" % self.endpoints)
