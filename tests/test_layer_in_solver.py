@@ -1,7 +1,7 @@
 """ZmqDataLayers in a real Caffe solver's train and test nets (issues 15 and 16.5).
 
 Each test runs real servers (or a raw PUSH peer) and a real solver in the
-Caffe Python (tests/caffe_scripts/train_and_test.py), over tcp on 127.0.0.1.
+Caffe Python (tests/caffe_scripts/solver_phases.py), over tcp on 127.0.0.1.
 """
 
 import json
@@ -64,7 +64,7 @@ def train(tmp_path, solver, steps, test_every=0, test_iter=0):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"solver": str(solver), "steps": steps, "test_every": test_every,
                                 "test_iter": test_iter}))
-    result = run_caffe_script("train_and_test", spec, timeout=180)
+    result = run_caffe_script("solver_phases", spec, timeout=180)
     return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
 
 

@@ -1,6 +1,6 @@
 """Train a real Caffe solver whose nets take data from ZmqDataLayers, as zfeed's demo does.
 
-Usage: train_and_test.py SPEC.json. SPEC: {"solver": PATH, "steps": N,
+Usage: solver_phases.py SPEC.json. SPEC: {"solver": PATH, "steps": N,
 "test_every": K, "test_iter": I}. Runs N ``solver.step(1)``; with K > 0, after
 every K steps (and before the first) a test pass of I forwards of the first
 test net. Like the demo, it counts for each phase the seconds spent in its
