@@ -99,7 +99,10 @@ def test_under_pycaffe_sigint_while_waiting_is_a_keyboard_interrupt_at_once(tmp_
     env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=str(REPO))
     command = [caffe_python(), str(HERE / "caffe_scripts" / "run_net.py"), str(net), "test", "1",
                str(tmp_path / "out.npz"), "data"]
-    with LoggedProcess(command, tmp_path / "pycaffe.log", env=env) as trainer:
+    # Python installs no handler where SIGINT is ignored, as it is for background jobs of a
+    # non-interactive shell, which may have started this test run.
+    with LoggedProcess(command, tmp_path / "pycaffe.log", env=env,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as trainer:
         trainer.wait_for_log("waiting for data for 5 s", timeout=60)  # for its first batch, at set-up
         stopped_after = interrupt(trainer, "KeyboardInterrupt")
         status = trainer.wait(10)
