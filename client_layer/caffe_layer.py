@@ -9,32 +9,72 @@
 ``param_str`` is JSON, see ``LayerParams``. ``setup()`` learns the top shapes
 from the first batch (which the first ``forward()`` then delivers);
 ``forward()`` copies each array once into its top blob; ``backward()`` does
-nothing. The layer logs which share of its time ``forward()`` waited for data.
+nothing. A batch whose shapes differ from the stream's first is dropped and
+counted, never raised: anyone who can reach a binding trainer could send one.
+
+The layer logs which share of the time its net ran ``forward()`` waited for
+data (``NetTime``). Under Caffe's command-line tool, Ctrl-C during that wait
+reaches Caffe's own handler at once (``host_sigint``): this forward leaves the
+previous batch in the tops, and the solver acts as ``-sigint_effect`` says
+(default: snapshot and stop after this iteration).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 import caffe
 
+from client_layer import host_sigint
 from client_layer.layer_metrics import LayerMetricsServer
-from client_layer.receiver import DEFAULT_PREFETCH, DEFAULT_TIMEOUT_S, BatchClient
+from client_layer.receiver import DEFAULT_PREFETCH, DEFAULT_TIMEOUT_S, BatchClient, ReceiveInterrupted
+from client_layer.wire import Batch
 
 log = logging.getLogger("zfeed.layer")
 
 WAIT_REPORT_INTERVAL_S = 30.0
 DEFAULT_TOPS = ("data", "label")
+DEFAULT_MAX_BATCH_MB = 2048
 _KEYS = ("address", "bind", "timeout_s", "tops", "prefetch", "max_batch_mb",
          "curve_secret_key", "curve_server_key", "metrics_port")
 
 
+def _invalid(key: str, value: object, wanted: str) -> ValueError:
+    return ValueError('ZmqDataLayer param_str "%s" must be %s, got %s' % (key, wanted, json.dumps(value)))
+
+
+def _endpoints(params: dict, key: str) -> Optional[List[str]]:
+    value = params.get(key)
+    if value is None:
+        return None
+    endpoints = [value] if isinstance(value, str) else value
+    if not (isinstance(endpoints, list) and endpoints
+            and all(isinstance(e, str) and e for e in endpoints)):
+        raise _invalid(key, value, 'an endpoint string (e.g. "tcp://dataserver:5555") or a list of them')
+    return endpoints
+
+
+def _positive_number(params: dict, key: str, default: float) -> float:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise _invalid(key, value, "a positive, finite number")
+    return float(value)
+
+
+def _optional_string(params: dict, key: str) -> Optional[str]:
+    value = params.get(key)
+    if value is not None and not (isinstance(value, str) and value):
+        raise _invalid(key, value, "a file path")
+    return value
+
+
 class LayerParams:
-    """The layer's ``param_str``, parsed and checked."""
+    """The layer's ``param_str``, parsed and checked: a bad value raises ValueError naming its key."""
 
     def __init__(self, param_str: str):
         try:
@@ -47,27 +87,70 @@ class LayerParams:
         if unknown:
             raise ValueError("ZmqDataLayer param_str has unknown keys %s; known: %s"
                              % (unknown, ", ".join(_KEYS)))
-        if not params.get("address") and not params.get("bind"):
+        self.address = _endpoints(params, "address")
+        self.bind = _endpoints(params, "bind")
+        if not self.address and not self.bind:
             raise ValueError('ZmqDataLayer param_str needs "address" (e.g. "tcp://dataserver:5555") '
                              'or "bind" (e.g. "tcp://*:5555")')
-        self.address = params.get("address")
-        self.bind = params.get("bind")
-        self.timeout_s = float(params.get("timeout_s", DEFAULT_TIMEOUT_S))
-        self.tops: List[str] = list(params.get("tops", DEFAULT_TOPS))
-        self.prefetch = int(params.get("prefetch", DEFAULT_PREFETCH))
-        self.max_batch_bytes = int(float(params.get("max_batch_mb", 2048)) * 2**20)
-        self.curve_secret_key = params.get("curve_secret_key")
-        self.curve_server_key = params.get("curve_server_key")
-        self.metrics_port = params.get("metrics_port")
+        self.timeout_s = _positive_number(params, "timeout_s", DEFAULT_TIMEOUT_S)
+        tops = params.get("tops", list(DEFAULT_TOPS))
+        if not (isinstance(tops, list) and tops and all(isinstance(t, str) and t for t in tops)
+                and len(set(tops)) == len(tops)):
+            raise _invalid("tops", tops, 'a list of distinct array names, e.g. ["data", "label"]')
+        self.tops: List[str] = tops
+        prefetch = params.get("prefetch", DEFAULT_PREFETCH)
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise _invalid("prefetch", prefetch, "an integer of at least 1")
+        self.prefetch = prefetch
+        self.max_batch_bytes = int(_positive_number(params, "max_batch_mb", DEFAULT_MAX_BATCH_MB) * 2**20)
+        self.curve_secret_key = _optional_string(params, "curve_secret_key")
+        self.curve_server_key = _optional_string(params, "curve_server_key")
+        port = params.get("metrics_port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise _invalid("metrics_port", port, "a TCP port number from 1 to 65535")
+        self.metrics_port: Optional[int] = port
+
+
+# The handler this module adds to the "zfeed" logger, once per process however many layers there are.
+_LOG_HANDLER = logging.StreamHandler(sys.stderr)
+_LOG_HANDLER.setFormatter(logging.Formatter("%(asctime)s zfeed-layer %(levelname)s %(message)s"))
 
 
 def _ensure_log_output() -> None:
     # Caffe processes rarely configure Python logging; without this our lines vanish.
-    if not logging.getLogger().handlers and not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s zfeed-layer %(levelname)s %(message)s"))
-        logging.getLogger("zfeed").addHandler(handler)
-        logging.getLogger("zfeed").setLevel(logging.INFO)
+    zfeed_log = logging.getLogger("zfeed")
+    if logging.getLogger().handlers or _LOG_HANDLER in zfeed_log.handlers:
+        return
+    zfeed_log.addHandler(_LOG_HANDLER)
+    zfeed_log.setLevel(logging.INFO)
+
+
+class NetTime:
+    """Seconds a layer's net ran, counted from each of its ``forward()`` calls to the next
+    ``forward()`` of any zfeed layer in the process.
+
+    A solver's train and test nets take turns: the time between two forwards of
+    the test layer includes all the training between two test passes, which
+    the test net did not run. Splitting the process's time at every forward
+    gives each net the time from its data layer to the next net's data layer.
+    """
+
+    _running: Optional["NetTime"] = None  # whose net runs now: one per process
+    _since = 0.0
+
+    def __init__(self) -> None:
+        self._closed_s = 0.0
+
+    def forward_started(self) -> None:
+        now = time.monotonic()
+        running = NetTime._running
+        if running is not None:
+            running._closed_s += now - NetTime._since
+        NetTime._running, NetTime._since = self, now
+
+    def seconds(self) -> float:
+        running_now = time.monotonic() - NetTime._since if NetTime._running is self else 0.0
+        return self._closed_s + running_now
 
 
 class ZmqDataLayer(caffe.Layer):
@@ -85,33 +168,74 @@ class ZmqDataLayer(caffe.Layer):
         self.client = BatchClient(self.params.address, self.params.bind, self.params.timeout_s,
                                   self.params.prefetch, self.params.max_batch_bytes,
                                   self.params.curve_secret_key, self.params.curve_server_key)
-        self.pending = self.client.receive()
+        self.forward_count = 0
+        self.net_time = NetTime()
+        self._set_up_at = time.monotonic()
+        self._wait_at_set_up = 0.0
+        self.metrics = None
+        if self.params.metrics_port is not None:
+            self.metrics = self._serve_metrics(self.params.metrics_port)
+        self.pending = self._receive()
+        if self.pending is None:
+            raise KeyboardInterrupt("interrupted while waiting for the first batch (%s)" % self.client.endpoints)
         # Caffe's top vector cannot be iterated from Python, only indexed.
         self.shapes = [self.pending.spec(name).shape for name in self.params.tops]
         for i, shape in enumerate(self.shapes):
             top[i].reshape(*shape)
-        self.forward_count = 0
-        self._set_up_at = time.monotonic()
-        self._window_start = self._set_up_at
-        self._window_wait_start = self.client.wait_s
         self._wait_at_set_up = self.client.wait_s
-        self.metrics = None
-        if self.params.metrics_port is not None:
-            self.metrics = LayerMetricsServer(int(self.params.metrics_port), self._metric_values,
-                                              {"phase": "train" if self.phase == 0 else "test"})
-            log.info("layer metrics on http://0.0.0.0:%d/metrics", self.metrics.port)
+        self._window_start = time.monotonic()
+        self._window_net_s = 0.0
+        self._window_wait_s = self.client.wait_s
+
+    def _serve_metrics(self, port: int) -> LayerMetricsServer:
+        try:
+            metrics = LayerMetricsServer(port, self._metric_values,
+                                         {"phase": "train" if self.phase == 0 else "test"})
+        except OSError as exc:
+            self.client.close()
+            raise ValueError('ZmqDataLayer param_str "metrics_port": cannot serve metrics on port %d (%s): '
+                             'choose a free port, or leave "metrics_port" out' % (port, exc.strerror or exc)) from None
+        log.info("layer metrics on http://0.0.0.0:%d/metrics", metrics.port)
+        return metrics
 
     def reshape(self, bottom, top):
-        pass  # shapes are fixed by the stream at setup; forward() refuses a change
+        pass  # shapes are fixed by the stream at setup; forward() drops a batch of other shapes
+
+    def _receive(self) -> Optional[Batch]:
+        """The next batch, or None when a SIGINT lent by the host ended the wait."""
+        try:
+            with host_sigint.lent_to_python() as sigint:
+                return self.client.receive(sigint.received)
+        except ReceiveInterrupted:
+            return None
+
+    def _mismatch(self, batch: Batch) -> Optional[str]:
+        for name, shape in zip(self.params.tops, self.shapes):
+            if name not in batch.names:
+                return "a batch without array %r (it has %s)" % (name, ", ".join(batch.names))
+            if batch.spec(name).shape != shape:
+                return ("a batch whose %r has shape %s, the stream started with %s: every server feeding "
+                        "one layer must serve the same shapes" % (name, batch.spec(name).shape, shape))
+        return None
 
     def forward(self, bottom, top):
-        batch = self.pending if self.pending is not None else self.client.receive()
-        self.pending = None
-        for i, (name, shape) in enumerate(zip(self.params.tops, self.shapes)):
-            if batch.spec(name).shape != shape:
-                raise ValueError("batch %d from %s has %r of shape %s, the stream started with %s: "
-                                 "every server feeding one layer must serve the same shapes"
-                                 % (batch.seq, batch.stream, name, batch.spec(name).shape, shape))
+        self.net_time.forward_started()
+        batch, self.pending = self.pending, None
+        while True:
+            if batch is None:
+                batch = self._receive()
+                if batch is None:
+                    host_sigint.pass_to_host()
+                    log.warning("SIGINT while waiting for data (%s): passed on to Caffe, whose -sigint_effect "
+                                "decides (by default: snapshot and stop after this iteration, which repeats "
+                                "the previous batch)", self.client.endpoints)
+                    return  # the tops keep the previous batch
+            cause = self._mismatch(batch)
+            if cause is None:
+                break
+            self.client.reject(cause)
+            batch = None
+        for i, name in enumerate(self.params.tops):
             batch.copy_into(name, top[i].data)
         self.last_batch_indices = batch.indices
         self.last_batch_epochs = batch.epochs
@@ -122,27 +246,32 @@ class ZmqDataLayer(caffe.Layer):
         pass
 
     def _metric_values(self) -> dict:
-        elapsed = time.monotonic() - self._set_up_at
         client = self.client
+        net_s = self.net_time.seconds()
         return {"zfeed_layer_batches_received_total": client.batches_received,
                 "zfeed_layer_samples_received_total": client.samples_received,
                 "zfeed_layer_rejected_messages_total": client.rejected,
                 "zfeed_layer_wait_seconds_total": client.wait_s,
-                "zfeed_layer_seconds_total": elapsed,
-                "zfeed_layer_wait_share": (client.wait_s - self._wait_at_set_up) / elapsed if elapsed > 0 else 0.0}
+                "zfeed_layer_seconds_total": time.monotonic() - self._set_up_at,
+                "zfeed_layer_net_seconds_total": net_s,
+                "zfeed_layer_wait_share": (client.wait_s - self._wait_at_set_up) / net_s if net_s > 0 else 0.0}
 
     def wait_share(self) -> float:
-        """Share of wall time since setup that forward() spent waiting for data."""
-        elapsed = time.monotonic() - self._window_start
-        return (self.client.wait_s - self._window_wait_start) / elapsed if elapsed > 0 else 0.0
+        """Share of the time this layer's net ran (``NetTime``) since the last report that
+        forward() spent waiting for data."""
+        net_s = self.net_time.seconds() - self._window_net_s
+        return (self.client.wait_s - self._window_wait_s) / net_s if net_s > 0 else 0.0
 
     def _maybe_report(self) -> None:
         now = time.monotonic()
         elapsed = now - self._window_start
         if elapsed < WAIT_REPORT_INTERVAL_S:
             return
-        log.info("waited for data %.1f%% of the last %.0f s (%s)%s",
-                 100.0 * self.wait_share(), elapsed, self.client.endpoints,
-                 ": add data servers" if self.wait_share() > 0.05 else "")
+        share = self.wait_share()
+        log.info("%s net: waited for data %.1f%% of the %.1f s it ran in the last %.0f s (%s)%s",
+                 "train" if self.phase == 0 else "test", 100.0 * share,
+                 self.net_time.seconds() - self._window_net_s, elapsed, self.client.endpoints,
+                 ": add data servers" if share > 0.05 else "")
         self._window_start = now
-        self._window_wait_start = self.client.wait_s
+        self._window_net_s = self.net_time.seconds()
+        self._window_wait_s = self.client.wait_s

@@ -17,10 +17,12 @@ from typing import Callable, Dict
 METRICS = {
     "zfeed_layer_batches_received_total": ("counter", "Batches this layer received"),
     "zfeed_layer_samples_received_total": ("counter", "Samples this layer received"),
-    "zfeed_layer_rejected_messages_total": ("counter", "Malformed messages this layer dropped"),
+    "zfeed_layer_rejected_messages_total": ("counter", "Messages this layer dropped: malformed, or not of its stream's shapes"),
     "zfeed_layer_wait_seconds_total": ("counter", "Seconds forward() spent waiting for data"),
     "zfeed_layer_seconds_total": ("counter", "Seconds since the layer was set up"),
-    "zfeed_layer_wait_share": ("gauge", "Share of the time since set-up spent waiting for data"),
+    "zfeed_layer_net_seconds_total": ("counter", "Seconds this layer's net ran: from each of its forward() "
+                                                 "calls to the next forward() of any zfeed layer in the process"),
+    "zfeed_layer_wait_share": ("gauge", "Share of the time this layer's net ran spent waiting for data"),
 }
 
 

@@ -8,26 +8,43 @@ ZeroMQ's I/O thread receives up to ``prefetch`` messages in the background
 while the caller works; ``receive()`` hands over the next batch without a
 copy (a message of several small batches is handed over one batch at a time).
 Every wait is bounded: ``receive()`` logs that it is waiting every
-``WAIT_LOG_INTERVAL_S`` and raises ``NoDataError`` after ``timeout_s``.
+``WAIT_LOG_INTERVAL_S`` and raises ``NoDataError`` after ``timeout_s``; it
+polls in slices of ``POLL_SLICE_S`` so that a caller's stop request (the
+layer's SIGINT under Caffe's tool) ends the wait within one slice.
+
+What a trainer can hold unread is bounded: ``prefetch`` batches in ZeroMQ's
+queue (its receive high-water mark), one batch being received, and
+``RECEIVE_BUFFER_BYTES`` of kernel socket buffer (the server bounds its own
+side the same way, see ``server/sender.py``).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import math
 import time
 import weakref
 from collections import deque
-from typing import Deque, List, Optional, Sequence, Union
+from typing import Callable, Deque, List, Optional, Sequence, Set, Union
 
 import zmq
 import zmq.auth
+from zmq.utils import z85
 
 from client_layer import wire
+from client_layer.connection_guard import ConnectionGuard
 
 log = logging.getLogger("zfeed.client")
 
 WAIT_LOG_INTERVAL_S = 5.0
+POLL_SLICE_S = 0.1
+# Kernel receive buffer per connection (Linux doubles it for bookkeeping). Fixed, not
+# autotuned up to tcp_rmem's 6 MiB: that much is dozens of small batches a restarted
+# trainer never sees. 256 KiB still covers a 10 Gbit/s link's round trip of 0.2 ms.
+RECEIVE_BUFFER_BYTES = 256 * 1024
+# Distinct reasons for dropping a message that are logged; later ones are only counted.
+MAX_LOGGED_REJECTION_CAUSES = 20
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_PREFETCH = 4
 DEFAULT_MAX_BATCH_BYTES = 2 * 1024**3
@@ -51,6 +68,31 @@ class NoDataError(TimeoutError):
     """No batch arrived in time; the message names the endpoints and what to check."""
 
 
+class StreamSetupError(RuntimeError):
+    """This trainer cannot read the stream as its servers send it (e.g. a compression
+    package is missing): every batch would fail alike, so it is reported once, at once."""
+
+
+class ReceiveInterrupted(Exception):
+    """The caller's stop request ended a wait; no message was taken from the socket."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_z85_key(key: bytes, path: str, what: str) -> None:
+    """ValueError naming ``path`` unless ``key`` is a 40-character Z85 CURVE key."""
+    try:
+        valid = len(key) == 40 and len(z85.decode(key)) == 32
+    except (ValueError, KeyError, TypeError):  # z85.decode fails on characters outside Z85
+        valid = False
+    if not valid:
+        raise ValueError("the %s key in %s is not a 40-character Z85 CURVE key (it has %d characters): "
+                         "the file is truncated or not a key file; make keys with "
+                         "python -m server.tools.keygen" % (what, path, len(key)))
+
+
 def _as_list(endpoints: Endpoints) -> List[str]:
     if endpoints is None:
         return []
@@ -70,13 +112,17 @@ class BatchClient:
         self.bind_to = _as_list(bind)
         if not self.connect_to and not self.bind_to:
             raise ValueError("BatchClient needs an address to connect to or an endpoint to bind")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive, got %r" % timeout_s)
+        if not _is_number(timeout_s) or not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError("timeout_s must be a positive, finite number of seconds, got %r" % (timeout_s,))
+        if isinstance(prefetch, bool) or not (isinstance(prefetch, int) and prefetch >= 1):
+            raise ValueError("prefetch must be an integer of at least 1, got %r" % (prefetch,))
         self.timeout_s = float(timeout_s)
         self.max_batch_bytes = int(max_batch_bytes)
+        self._prefetch = prefetch
         self.wait_s = 0.0  # total time receive() spent waiting
-        self.rejected = 0  # malformed messages dropped
+        self.rejected = 0  # messages dropped: malformed, or refused by the caller (reject())
         self.last_rejection = ""  # why the last one was dropped
+        self._logged_causes: Set[str] = set()
         self.batches_received = 0
         self.samples_received = 0
         self._received: Deque[wire.Batch] = deque()  # the rest of the last message's batches
@@ -84,8 +130,12 @@ class BatchClient:
         self._socket = self._context.socket(zmq.PULL)
         _open_clients.add(self)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.RCVHWM, max(1, int(prefetch)))
+        self._socket.setsockopt(zmq.RCVHWM, prefetch)
+        self._socket.setsockopt(zmq.RCVBUF, RECEIVE_BUFFER_BYTES)
+        # Per frame in libzmq; the guard bounds whole messages.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(wire.MAX_FRAME_BYTES, wire.MAX_HEADER_BYTES))
+        self._largest_message = 0
+        self._guard = ConnectionGuard(self._socket, self.unread_limit, lambda: self.endpoints)
         if curve_secret_key or curve_server_key:
             self._use_curve(curve_secret_key, curve_server_key)
         try:
@@ -104,15 +154,23 @@ class BatchClient:
         try:
             public, secret = zmq.auth.load_certificate(secret_key_file)
             server_public, _ = zmq.auth.load_certificate(server_key_file)
+            if secret is None:
+                raise ValueError("%s holds no secret key: give this trainer's .key_secret file" % secret_key_file)
+            for key, path, what in ((public, secret_key_file, "public"), (secret, secret_key_file, "secret"),
+                                    (server_public, server_key_file, "public")):
+                _check_z85_key(key, path, what)
         except (OSError, ValueError) as exc:
             self.close()
-            raise ValueError("cannot read CURVE key: %s" % exc) from None
-        if secret is None:
-            self.close()
-            raise ValueError("%s holds no secret key: give this trainer's .key_secret file" % secret_key_file)
+            raise ValueError("cannot use CURVE key: %s" % exc) from None
         self._socket.curve_secretkey = secret
         self._socket.curve_publickey = public
         self._socket.curve_serverkey = server_public
+
+    def unread_limit(self, connections: int) -> int:
+        """Bytes ZeroMQ may hold for this socket with ``connections`` open: one message of
+        up to ``max_batch_bytes`` being received, and ``prefetch`` complete plus one partial
+        per connection of the largest valid batch taken so far."""
+        return self.max_batch_bytes + (self._prefetch + connections) * self._largest_message
 
     @property
     def endpoints(self) -> str:
@@ -132,12 +190,16 @@ class BatchClient:
                     % (waited, self.endpoints, self.rejected, self.last_rejection))
         return "no batch within %.1f s (%s): %s" % (waited, self.endpoints, hint)
 
-    def receive(self) -> wire.Batch:
-        """The next valid batch. Raises ``NoDataError`` after ``timeout_s`` without one.
+    def receive(self, stop_requested: Optional[Callable[[], bool]] = None) -> wire.Batch:
+        """The next valid batch. Raises ``NoDataError`` after ``timeout_s`` without one,
+        and ``ReceiveInterrupted`` when ``stop_requested()`` turns true while it waits
+        (checked every ``POLL_SLICE_S``).
 
-        A malformed message (``wire.WireError``) is dropped, logged and counted
-        in ``rejected``: whoever can reach the socket must not be able to stop
-        training by sending garbage.
+        A malformed message (``wire.WireError``) is dropped and counted (``reject``):
+        whoever can reach the socket must not be able to stop training by sending
+        garbage. A batch compressed with a codec this Python lacks raises
+        ``StreamSetupError`` until a first batch has been read: then it is this
+        trainer's set-up, not a stray message.
         """
         if self._received:
             return self._count(self._received.popleft())
@@ -146,17 +208,27 @@ class BatchClient:
         next_log = started + WAIT_LOG_INTERVAL_S
         try:
             while True:
-                if self._socket.poll(int(max(0.0, min(deadline, next_log) - time.monotonic()) * 1000) + 1):
+                slice_end = min(deadline, next_log, time.monotonic() + POLL_SLICE_S)
+                if self._socket.poll(int(max(0.0, slice_end - time.monotonic()) * 1000) + 1):
                     frames = self._socket.recv_multipart(copy=False)
+                    size = sum(len(frame) for frame in frames)
+                    self._guard.took(size, len(frames))
                     try:
                         batches = wire.decode_batch(frames, self.max_batch_bytes).split()
-                        self._received.extend(batches[1:])
-                        return self._count(batches[0])
-                    except wire.WireError as exc:
-                        self.rejected += 1
-                        self.last_rejection = str(exc)
-                        log.warning("dropped a malformed message (%s): %s", self.endpoints, exc)
+                    except wire.CodecMissingError as exc:
+                        if not self.batches_received:
+                            raise StreamSetupError("the data server (%s) compresses its batches: %s"
+                                                   % (self.endpoints, exc)) from None
+                        self.reject(str(exc))
                         continue
+                    except wire.WireError as exc:
+                        self.reject(str(exc))
+                        continue
+                    self._largest_message = max(self._largest_message, size)  # valid messages only
+                    self._received.extend(batches[1:])
+                    return self._count(batches[0])
+                if stop_requested is not None and stop_requested():
+                    raise ReceiveInterrupted("stopped while waiting for data (%s)" % self.endpoints)
                 now = time.monotonic()
                 if now >= deadline:
                     raise NoDataError(self._no_data_message(now - started))
@@ -171,6 +243,21 @@ class BatchClient:
         self.samples_received += batch.size
         return batch
 
+    def reject(self, cause: str) -> None:
+        """Count a dropped message; log each distinct ``cause`` once (the first
+        ``MAX_LOGGED_REJECTION_CAUSES`` of them), so that a flood costs no log flood."""
+        self.rejected += 1
+        self.last_rejection = cause
+        if cause in self._logged_causes or len(self._logged_causes) > MAX_LOGGED_REJECTION_CAUSES:
+            return
+        self._logged_causes.add(cause)
+        if len(self._logged_causes) > MAX_LOGGED_REJECTION_CAUSES:
+            log.warning("dropped more messages for other reasons (%s); from now on they are only counted "
+                        "(%d so far)", self.endpoints, self.rejected)
+        else:
+            log.warning("dropped a message (%s): %s; more dropped for this reason are only counted",
+                        self.endpoints, cause)
+
     def __iter__(self) -> "BatchClient":
         return self
 
@@ -178,6 +265,9 @@ class BatchClient:
         return self.receive()
 
     def close(self) -> None:
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()
         if not self._socket.closed:
             self._socket.close(0)
         if not self._context.closed:

@@ -78,6 +78,11 @@ class WireError(ValueError):
     """A message that is not a valid zfeed batch; the text says what is wrong."""
 
 
+class CodecMissingError(WireError):
+    """A batch is compressed with a codec whose package this Python lacks: a set-up
+    error of this trainer, not a fault of the message."""
+
+
 class ArraySpec:
     """Name, dtype, shape and split of one array in a batch."""
 
@@ -197,7 +202,7 @@ class Codec:
         try:
             self._module = importlib.import_module(module)
         except ImportError:
-            raise WireError("%s compression needs the %r package, which this Python (%s) lacks: pip install %s "
+            raise CodecMissingError("%s compression needs the %r package, which this Python (%s) lacks: pip install %s "
                             "(or run the data server without --compress)"
                             % (name, package, sys.executable, package)) from None
         self._compressor = None

@@ -21,6 +21,10 @@ SHUTDOWN_LINGER_MS = 2000
 # ZeroMQ's high-water mark is per trainer: batches queued for one trainer hold their slots,
 # so a trainer that stops reading may keep at most this many; the others get the rest.
 QUEUED_PER_TRAINER = 2
+# Kernel send buffer per trainer connection (Linux doubles it), fixed rather than autotuned
+# up to tcp_wmem's 4 MiB, which holds dozens of small batches that a trainer restarting
+# never sees. The trainer's receive buffer is as small (client_layer/receiver.py).
+SEND_BUFFER_BYTES = 256 * 1024
 
 
 class SenderError(RuntimeError):
@@ -43,6 +47,7 @@ class BatchSender:
         self.socket = context.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         self.socket.setsockopt(zmq.SNDHWM, QUEUED_PER_TRAINER)
+        self.socket.setsockopt(zmq.SNDBUF, SEND_BUFFER_BYTES)
         if curve is not None:
             curve.secure(self.socket)
         self._in_flight: List[Tuple[zmq.MessageTracker, Any]] = []
