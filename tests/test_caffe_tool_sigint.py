@@ -21,6 +21,8 @@ from datasets import random_images, write_npz
 from processes import REPO, LoggedProcess, ServerProcess, free_port
 from test_layer_in_solver import LAYER, NET
 
+pytestmark = pytest.mark.caffe
+
 HERE = Path(__file__).resolve().parent
 
 

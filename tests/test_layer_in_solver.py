@@ -4,6 +4,7 @@ Each test runs real servers (or a raw PUSH peer) and a real solver in the
 Caffe Python (tests/caffe_scripts/solver_phases.py), over tcp on 127.0.0.1.
 """
 
+import pytest
 import json
 from collections import Counter
 
@@ -14,6 +15,8 @@ from caffe_runner import run_caffe_script
 from client_layer import wire
 from datasets import random_images, write_npz
 from processes import ServerProcess, free_port
+
+pytestmark = pytest.mark.caffe
 
 NET = """name: "zfeed"
 %(layers)s

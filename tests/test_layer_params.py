@@ -12,6 +12,8 @@ import pytest
 from caffe_runner import run_caffe_script
 from test_caffe_layer import zmq_layer
 
+pytestmark = pytest.mark.caffe
+
 ADDRESS = {"address": "tcp://127.0.0.1:5555"}
 
 # (param_str, what the error must say); each message names the key and what it wants.

@@ -22,6 +22,8 @@ from processes import ServerProcess, free_port
 from server.sender import QUEUED_PER_TRAINER, SEND_BUFFER_BYTES
 from server.tools.keygen import main as keygen
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def keys(tmp_path):
@@ -71,7 +73,7 @@ def test_a_flood_of_bad_messages_is_counted_and_each_cause_logged_once(caplog):
             garbage = [[b"not msgpack \xc1"]] * 40 + [[b"\x93\x01\x02\x03"]] * 40
             # More distinct causes than are logged: each header names another wire version.
             garbage += [[wire.encode_header("peer", 0, [], np.zeros(0), np.zeros(0)).replace(
-                b"\xa5zfeed\x02", b"\xa5zfeed" + bytes([0x10 + i]))] for i in range(MAX_LOGGED_REJECTION_CAUSES + 5)]
+                b"\xa5zfeed" + bytes([wire.WIRE_VERSION]), b"\xa5zfeed" + bytes([0x10 + i]))] for i in range(MAX_LOGGED_REJECTION_CAUSES + 5)]
             for frames in garbage + [good_batch(7)]:
                 peer.send_multipart(frames)
             with caplog.at_level(logging.WARNING, logger="zfeed.client"):
@@ -93,14 +95,15 @@ def batches_sent(metrics_port):
                            if line.startswith("zfeed_batches_sent_total"))))
 
 
-def test_a_stalled_trainer_holds_at_most_the_stated_bound_unread(tmp_path):
-    """Issue 15.5: a trainer that stops reading holds at most prefetch + QUEUED_PER_TRAINER + 2
-    batches in ZeroMQ's queues plus the two kernel buffers (Linux doubles what is asked): what
-    a restarted trainer never sees. Small (MNIST-sized) batches make the buffers count."""
+@pytest.mark.parametrize("batches_per_message", [1, 4])
+def test_a_stalled_trainer_holds_at_most_the_stated_bound_unread(tmp_path, batches_per_message):
+    """A trainer that stops reading holds at most prefetch + QUEUED_PER_TRAINER + 2 messages
+    in ZeroMQ's queues plus the two kernel buffers (Linux doubles what is asked): what a
+    restarted trainer never sees. Small (MNIST-sized) batches make the buffers count."""
     source = "npz:%s" % write_npz(tmp_path / "d.npz", random_images(256, (1, 28, 28), seed=1), range(256))
     port, metrics_port = free_port(), free_port()
     args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "64", "--workers", "1",
-            "--metrics-port", str(metrics_port)]
+            "--metrics-port", str(metrics_port), "--max-batches-per-message", str(batches_per_message)]
     read, prefetch = 20, 4
     with ServerProcess(args, tmp_path / "server.log") as server:
         server.wait_for_log("serving")
@@ -113,8 +116,10 @@ def test_a_stalled_trainer_holds_at_most_the_stated_bound_unread(tmp_path):
                 time.sleep(1.0)
         server.stop()
     kernel_buffers = 2 * RECEIVE_BUFFER_BYTES + 2 * SEND_BUFFER_BYTES
-    bound = prefetch + QUEUED_PER_TRAINER + 2 + math.ceil(kernel_buffers / batches[-1].wire_bytes)
-    assert bound < 40  # with autotuned buffers the same run left about 70 unread
+    assert "(%d batches per message)" % batches_per_message in server.log
+    message_bytes = batches[-1].wire_bytes * batches_per_message
+    bound = batches_per_message * (prefetch + QUEUED_PER_TRAINER + 2 + math.ceil(kernel_buffers / message_bytes))
+    assert bound < 40 * batches_per_message  # with autotuned buffers the same run left about 70 unread
     assert 0 < sent - read <= bound, (sent, read, bound)
 
 
