@@ -12,8 +12,9 @@ Every wait is bounded: ``receive()`` logs that it is waiting every
 polls in slices of ``POLL_SLICE_S`` so that a caller's stop request (the
 layer's SIGINT under Caffe's tool) ends the wait within one slice.
 
-What a trainer can hold unread is bounded: ``prefetch`` batches in ZeroMQ's
-queue (its receive high-water mark), one batch being received, and
+What a trainer can hold unread is bounded: ``prefetch`` messages in ZeroMQ's
+queue (its receive high-water mark; a message holds one batch or several
+small ones), one message being received, and
 ``RECEIVE_BUFFER_BYTES`` of kernel socket buffer (the server bounds its own
 side the same way, see ``server/sender.py``).
 """
@@ -41,8 +42,9 @@ WAIT_LOG_INTERVAL_S = 5.0
 POLL_SLICE_S = 0.1
 # Kernel receive buffer per connection (Linux doubles it for bookkeeping). Fixed, not
 # autotuned up to tcp_rmem's 6 MiB: that much is dozens of small batches a restarted
-# trainer never sees. 256 KiB still covers a 10 Gbit/s link's round trip of 0.2 ms.
-RECEIVE_BUFFER_BYTES = 256 * 1024
+# trainer never sees. 1 MiB holds one ~1 MB message (server/assembly.py, NOTE [ Batches per
+# message ]); 256 KiB halved the rate of 0.8 MB messages over loopback (bench.small_samples).
+RECEIVE_BUFFER_BYTES = 1024 * 1024
 # Distinct reasons for dropping a message that are logged; later ones are only counted.
 MAX_LOGGED_REJECTION_CAUSES = 20
 DEFAULT_TIMEOUT_S = 60.0

@@ -23,8 +23,9 @@ SHUTDOWN_LINGER_MS = 2000
 QUEUED_PER_TRAINER = 2
 # Kernel send buffer per trainer connection (Linux doubles it), fixed rather than autotuned
 # up to tcp_wmem's 4 MiB, which holds dozens of small batches that a trainer restarting
-# never sees. The trainer's receive buffer is as small (client_layer/receiver.py).
-SEND_BUFFER_BYTES = 256 * 1024
+# never sees; large enough for one ~1 MB message. The trainer's receive buffer is the same
+# (client_layer/receiver.py).
+SEND_BUFFER_BYTES = 1024 * 1024
 
 
 class SenderError(RuntimeError):
