@@ -7,7 +7,8 @@ positions kB to kB + B - 1, whatever the workers do. A row whose sample is
 bad (unreadable, or it crashed a worker ``MAX_CRASHES`` times and then a probe
 that read it alone, see ``prove_bad``) gets the next free position instead, so batches stay full; a sample known to be bad is
 passed over whenever its position comes up again, and counted each time.
-Work lost with a dead worker is re-issued with the same positions and draws,
+Work lost with a dead worker is re-issued with the same positions (and so the
+same draws, which belong to rows: ``EpochPlan.row_draws``),
 so it is neither lost nor repeated. Hence every sample of every epoch is
 delivered exactly once, except the samples reported as skipped.
 
@@ -41,7 +42,8 @@ MAX_CRASHES = 2
 
 @dataclass
 class RowTask:
-    """Fill ``rows`` of the batch in ``slot`` with the samples ``indices``, using ``draws``.
+    """Fill ``rows`` of the message in ``slot`` (its first batch ``seq``) with the samples
+    ``indices``; each row's draws are the plan's for that row (``EpochPlan.row_draws``).
     ``sample_by_sample``: read each sample alone, so that a crash names its sample."""
 
     task_id: int
@@ -49,7 +51,6 @@ class RowTask:
     slot: int
     rows: np.ndarray
     indices: np.ndarray
-    draws: np.ndarray
     sample_by_sample: bool = False
 
 
@@ -76,7 +77,6 @@ class PendingBatch:
     slot: int
     indices: np.ndarray
     epochs: np.ndarray
-    draws: np.ndarray
     missing: Set[int]
     first_position: int
     packed_lengths: Optional[PackedLengths] = None
@@ -134,7 +134,7 @@ class BatchAssembly:
         return np.concatenate(indices), np.concatenate(epochs), floor
 
     def _task(self, batch: PendingBatch, rows: np.ndarray) -> RowTask:
-        return RowTask(next(self._task_ids), batch.seq, batch.slot, rows, batch.indices[rows], batch.draws[rows])
+        return RowTask(next(self._task_ids), batch.seq, batch.slot, rows, batch.indices[rows])
 
     def start(self, slot: int) -> RowTask:
         """Begin the next message's batches in ``slot``; returns the task filling all their rows."""
@@ -143,8 +143,7 @@ class BatchAssembly:
             count = min(count, self.plan.batch_count - self.next_seq)
         size = count * self.plan.batch_size
         indices, epochs, floor = self._take(size)
-        draws = np.concatenate([self.plan.draws(seq) for seq in range(self.next_seq, self.next_seq + count)])
-        batch = PendingBatch(self.next_seq, count, slot, indices, epochs, draws, set(range(size)), floor)
+        batch = PendingBatch(self.next_seq, count, slot, indices, epochs, set(range(size)), floor)
         self.pending[batch.seq] = batch
         self.next_seq += count
         return self._task(batch, np.arange(size))

@@ -116,6 +116,16 @@ class EpochPlan:
             [self.seed, _DRAW_STREAM, self.shard.index, self.shard.count, seq]))
         return rng.random((self.batch_size, DRAWS_PER_SAMPLE))
 
+    def row_draws(self, first_seq: int, rows: np.ndarray) -> np.ndarray:
+        """The draws of ``rows`` of a message whose first batch is ``first_seq``: row r is row
+        r mod B of batch first_seq + r div B, whatever sample fills it."""
+        batches, within = np.divmod(rows, self.batch_size)
+        out = np.empty((len(rows), DRAWS_PER_SAMPLE))
+        for batch in np.unique(batches).tolist():
+            chosen = batches == batch
+            out[chosen] = self.draws(first_seq + batch)[within[chosen]]
+        return out
+
     def batch(self, seq: int) -> BatchPlan:
         """Batch ``seq`` when no sample is skipped: positions seq*B to (seq+1)*B - 1."""
         start = seq * self.batch_size

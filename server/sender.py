@@ -18,6 +18,7 @@ from client_layer import wire
 from server.curve import CurveServer
 
 SHUTDOWN_LINGER_MS = 2000
+COPY_BELOW_BYTES = 65536  # pyzmq's own threshold for copying rather than sharing a buffer
 # ZeroMQ's high-water mark is per trainer: batches queued for one trainer hold their slots,
 # so a trainer that stops reading may keep at most this many; the others get the rest.
 QUEUED_PER_TRAINER = 2
@@ -97,12 +98,15 @@ class BatchSender:
             else:
                 room, lengths = packed
                 parts.extend(wire.array_frames(spec, arrays[spec.name], room[spec.name], lengths[spec.name]))
-        frames = [zmq.Frame(part, copy=False, track=True) for part in parts]
+        # Small parts (the header, labels) are copied: cheaper than a tracked zero-copy frame,
+        # whose release takes pyzmq's garbage-collector thread. Only zero-copy frames are tracked.
+        frames = [zmq.Frame(part, copy=False, track=True) if len(part) >= COPY_BELOW_BYTES else zmq.Frame(part, copy=True)
+                  for part in parts]
         try:
             self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False  # libzmq rolls back a partly queued multipart message: nothing left
-        self._in_flight.append((zmq.MessageTracker(*frames), token))
+        self._in_flight.append((zmq.MessageTracker(*(f for f in frames if f.tracker is not None)), token))
         return True
 
     def _specs_for(self, rows: int) -> List[wire.ArraySpec]:

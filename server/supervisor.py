@@ -70,7 +70,7 @@ MAX_DEATHS_WITHOUT_PROGRESS = 5
 # NOTE [ Batches per message ] (assembly.py): small batches go out together, in messages of about
 # this size (and at most --max-batches-per-message batches): enough to pay the per-message work
 # once for many small batches, not so much that one trainer's share grows coarse.
-MESSAGE_TARGET_BYTES = 2**20
+MESSAGE_TARGET_BYTES = 2 * 2**20
 MAX_ROWS_PER_MESSAGE = 16384  # the header carries 12 bytes per sample: stay far below its limit
 
 
@@ -140,7 +140,7 @@ class DataServer:
         self._skipped_reported = 0
 
     def _worker_setup(self, worker_id: int) -> WorkerSetup:
-        return WorkerSetup(worker_id, self.prepared.source, self.prepared.layout, self.slots,
+        return WorkerSetup(worker_id, self.prepared.source, self.prepared.layout, self.plan, self.slots,
                            self.progress, os.getpid(), self.specs, self.codec)
 
     # -- work in -----------------------------------------------------------------------------

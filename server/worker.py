@@ -32,6 +32,7 @@ from client_layer import wire
 from server.assembly import PackedLengths, PackTask, RowTask, Task
 from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout, RowWriter
+from server.plan import EpochPlan
 from server.sources import Source
 from server.transform import DRAWS_PER_SAMPLE
 
@@ -49,6 +50,7 @@ class WorkerSetup:
     worker_id: int
     source: Source
     layout: BatchLayout
+    plan: EpochPlan  # the draws of each row
     slots: BatchSlots
     progress: Any  # shared int64 array, one cell per worker: the index being read, or IDLE
     parent_pid: int
@@ -86,7 +88,7 @@ def fill_rows(setup: WorkerSetup, task: RowTask) -> Dict[int, str]:
     Blocks first, then sample by sample; while a block is read the progress
     cell says IDLE, so a crash there names no sample and the supervisor
     re-issues the task ``sample_by_sample``."""
-    writer = RowWriter(setup.layout, setup.slots.arrays(task.slot), task.draws)
+    writer = RowWriter(setup.layout, setup.slots.arrays(task.slot), setup.plan.row_draws(task.seq, task.rows))
     source, write, progress, cell = setup.source, writer.write, setup.progress, setup.worker_id
     positions = range(len(task.rows)) if task.sample_by_sample else _write_blocks(source, writer, task)
     rows, indices = task.rows.tolist(), task.indices.tolist()

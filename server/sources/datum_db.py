@@ -91,13 +91,14 @@ class LmdbSource(DatumDbSource):
     """Caffe ``Datum`` records in an LMDB, raw (``data``/``float_data``) or encoded.
 
     Its size comes from the database's statistics, and each process lists
-    the keys as far as it reads (``KEYS_LISTED_AT_ONCE`` or more at a time),
+    the keys as far as it reads (``KEYS_LISTED_AT_ONCE`` or more at a time: few
+    enough that a cold disk serves them in a moment),
     so serving in key order (Caffe's Data layer, TEST) starts at once
     whatever the size; a shuffled pass lists every key on its first batch.
     """
 
     kind = "LMDB"
-    KEYS_LISTED_AT_ONCE = 65536
+    KEYS_LISTED_AT_ONCE = 8192
 
     def __init__(self, path: str, color: str = COLOR_NATIVE):
         import lmdb

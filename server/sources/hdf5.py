@@ -187,7 +187,11 @@ class Hdf5Source(Source):
             self._in_memory = (-1, {})  # the old file's memory goes before the new file's comes
             arrays = {name: d[...] for name, d in zip(self.datasets, datasets)}
             self._in_memory = (file_number, arrays)
-        return {name: arrays[name][rows] for name in self.datasets}
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
+            chosen = slice(int(rows[0]), int(rows[-1]) + 1)  # in file order: views, no copy
+        else:
+            chosen = rows
+        return {name: arrays[name][chosen] for name in self.datasets}
 
     def shuffled_order(self, rng: np.random.Generator) -> np.ndarray:
         """A pass in Caffe's shuffled order: files permuted, each file's rows permuted, together."""
