@@ -40,6 +40,11 @@ log = logging.getLogger("zfeed.server")
 MAX_CRASHES = 2
 
 
+class TooFewGoodSamples(RuntimeError):
+    """A whole epoch of positions did not yield the samples one batch needs: nearly every
+    sample is bad, and serving would only spin through the stream."""
+
+
 @dataclass
 class RowTask:
     """Fill ``rows`` of the message in ``slot`` (its first batch ``seq``) with the samples
@@ -115,12 +120,18 @@ class BatchAssembly:
         return min((b.first_position for b in self.pending.values()), default=self.next_position)
 
     def _take(self, count: int) -> Tuple[np.ndarray, np.ndarray, int]:
-        """``count`` good positions' indices and epochs, and the lowest position taken."""
+        """``count`` good positions' indices and epochs, and the lowest position taken.
+        TooFewGoodSamples when more than an epoch's positions would have to be passed over."""
         floor = self.next_position
         indices: List[np.ndarray] = []
         epochs: List[np.ndarray] = []
         taken = 0
         while taken < count:
+            if self.next_position - floor > self.plan.local_size + count:
+                raise TooFewGoodSamples(
+                    "%d of the %d samples served are bad, and a whole epoch does not hold the %d good ones "
+                    "this batch needs: fix or replace the data (the log names each bad sample)"
+                    % (len(self.bad_samples), self.plan.local_size, count))
             positions = np.arange(self.next_position, self.next_position + count - taken, dtype=np.int64)
             self.next_position += len(positions)
             found, found_epochs = self.plan.locate(positions)

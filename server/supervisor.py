@@ -47,7 +47,7 @@ from typing import Deque, List, Optional
 import zmq
 
 from client_layer import wire
-from server.assembly import BatchAssembly, PackTask, PendingBatch, Task
+from server.assembly import BatchAssembly, PackTask, PendingBatch, Task, TooFewGoodSamples
 from server.batch_buffer import BatchSlots, slot_bytes_for
 from server.config import PreparedData, ServerConfig
 from server.curve import CurveServer
@@ -307,9 +307,12 @@ class DataServer:
                      len(self.pool.workers),
                      self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
             while self.stop_signal is None and not self._finished(sender):
-                self._start_batches()
-                self._assign()
-                self._poll(sender)
+                try:
+                    self._start_batches()
+                    self._assign()
+                    self._poll(sender)
+                except TooFewGoodSamples as exc:
+                    raise ServerError(str(exc)) from None
                 self._send_ready(sender)
                 self.free_slots.extend(batch.slot for batch in sender.release_sent())
                 self._save_resume_state(sender)

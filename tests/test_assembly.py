@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from server.assembly import BatchAssembly, PackTask, RowTask
+from server.assembly import BatchAssembly, PackTask, RowTask, TooFewGoodSamples
 from server.plan import EpochPlan
 
 pytestmark = pytest.mark.unit
@@ -81,3 +81,13 @@ def test_batches_of_one_message_take_consecutive_positions_and_their_own_draws()
         assert np.array_equal(plan.row_draws(task.seq, task.rows), np.concatenate([b.draws for b in expected]))
         assert np.array_equal(plan.row_draws(task.seq, task.rows[::-1]), np.concatenate([b.draws for b in expected])[::-1])
     assert batches.pending[3].batch_count == 2
+
+
+def test_when_an_epoch_holds_too_few_good_samples_for_a_batch_the_assembly_says_so_instead_of_spinning():
+    plan = EpochPlan(10, 4, seed=1, shuffle=True, epochs=None)
+    batches = BatchAssembly(plan, describe=str)
+    for index in range(9):
+        batches.mark_bad(index, "unreadable")
+    with pytest.raises(TooFewGoodSamples, match="9 of the 10 samples served are bad, and a whole epoch does not "
+                                                "hold the 4 good ones this batch needs"):
+        batches.start(slot=0)

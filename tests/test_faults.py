@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 import signal
 import socket
 import threading
@@ -281,3 +282,28 @@ def test_a_sample_that_crashes_workers_is_given_up_after_two_deaths(tmp_path, po
     assert max(counts.values()) == 1
     for batch in batches:
         assert np.array_equal(batch.array("data")[:, 0, 0, 0], batch.indices.astype(np.float32))
+
+
+def test_a_server_whose_files_all_vanish_stops_saying_so_instead_of_spinning(tmp_path):
+    """Issue 16.1: an image list whose files are deleted while it is served."""
+    from datasets import write_image_list
+
+    listing = write_image_list(tmp_path, random_images(12, (3, 8, 8), seed=4), range(12))
+    port = free_port()
+    args = ["--source", "imagelist:%s" % listing, "--root-folder", "%s/" % tmp_path, "--bind",
+            "tcp://127.0.0.1:%d" % port, "--batch-size", "4", "--workers", "2", "--max-batches-per-message", "1"]
+    with ServerProcess(args, tmp_path / "server.log") as server, \
+            BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=1, prefetch=1) as client:
+        client.receive()
+        for image in tmp_path.glob("*.png"):
+            image.unlink()
+        started = time.monotonic()
+        while server.process.poll() is None and time.monotonic() - started < 30:
+            try:
+                client.receive()  # what was filled before the files went
+            except TimeoutError:
+                pass
+        assert server.wait() == 1, server.log
+    assert time.monotonic() - started < 30
+    assert re.search(r"\b\d+ of the 12 samples served are bad, and a whole epoch does not hold the 4 good ones",
+                     server.log), server.log
