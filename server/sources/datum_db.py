@@ -140,7 +140,11 @@ class LmdbSource(DatumDbSource):
         # A listing reads every leaf page in order: its own environment with the kernel's
         # readahead lists a cold million-record database in seconds where the reading
         # environment (readahead off, for random reads) takes half a minute. Opened per
-        # call, so no environment crosses a fork.
+        # call, so no environment crosses a fork; LMDB opens a database once per process, so
+        # the reading environment is closed meanwhile (nothing read from it is still held).
+        reading = self._env is not None
+        if reading:
+            self.close()
         env = self._open_env(self.path, readahead=True)
         try:
             with env.begin(buffers=False) as txn:
@@ -155,6 +159,8 @@ class LmdbSource(DatumDbSource):
                 self._keys.extend(itertools.islice(keys, wanted - len(self._keys)))
         finally:
             env.close()
+            if reading:
+                self.open()
         if len(self._keys) <= index:
             raise ValueError("the LMDB has %d records, not the %d it had at start-up" % (len(self._keys), self._count))
 
