@@ -148,7 +148,7 @@ def earlier_sections() -> str:
     return text[start:] if start >= 0 else ""
 
 
-MORE = ("efficiency", "stall", "multihost", "decoders", "compression", "plot")
+MORE = ("small_samples", "efficiency", "stall", "multihost", "decoders", "compression", "plot")
 
 
 def run_more(quick: bool) -> str:

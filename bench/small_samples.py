@@ -43,9 +43,11 @@ import numpy as np
 
 from bench import dataset, transport
 from bench.children import PYTHON, REPO, Children, caffe_python, free_port, print_report, python_env
-from bench.report import machine_line, markdown_table, median, paired_ratio, runs, verdict
+from bench.report import cpu_model, machine_line, markdown_table, median, paired_ratio, runs, verdict
 
 CACHE = dataset.CACHE_DIR / "small"
+PLOT = REPO / "bench" / "small_samples.png"
+QUICK_PLOT = dataset.CACHE_DIR / "small_samples-quick.png"
 LOG_DIR = dataset.CACHE_DIR / "logs"
 NET_RATE = str(REPO / "bench" / "caffe_net_rate.py")
 BATCH = 64
@@ -270,6 +272,36 @@ def startup(children: Children) -> List[dict]:
 
 # -- the report ----------------------------------------------------------------------------
 
+def draw(results, output: Path, subtitle: str) -> None:
+    """Images/s of each way per case, on a log scale: one group of bars per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [case.name.split(",")[0] for case in cases()]
+    figure, axes = plt.subplots(figsize=(8, 4.2))
+    width = 0.27
+    for offset, way in enumerate(WAYS):
+        values = [median(r["images_s"] for r in results[case.name][way]) for case in cases()]
+        bars = axes.bar([i + (offset - 1) * width for i in range(len(names))], values, width,
+                        label={"Caffe": "Caffe's own layer", "zfeed": "zfeed, 2 workers, same machine",
+                               "floor": "Python layer copying a ready batch"}[way])
+        axes.bar_label(bars, labels=["%.0fk" % (v / 1000) if v >= 1000 else "%.0f" % v for v in values],
+                       fontsize=6.5, padding=1)
+    axes.set_yscale("log")
+    axes.set_xticks(range(len(names)), names, fontsize=8)
+    axes.set_ylabel("images/s into a Caffe net (log)")
+    axes.set_title("Small and large samples through a real Caffe net, batch 64", fontsize=10)
+    top = max(median(r["images_s"] for r in results[case.name][way]) for case in cases() for way in WAYS)
+    axes.set_ylim(top=top * 8)  # room for the legend above the bars
+    axes.legend(fontsize=7, loc="upper left", ncol=3)
+    figure.text(0.01, 0.01, subtitle, fontsize=6.5, color="0.35")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    figure.savefig(str(output))
+    plt.close(figure)
+
+
 def report(plan: Plan, results, ceiling: Dict[str, float], first: List[dict]) -> str:
     rows = []
     for case in cases():
@@ -305,6 +337,11 @@ def report(plan: Plan, results, ceiling: Dict[str, float], first: List[dict]) ->
         machine_line("bench.small_samples"), table, "\n".join(notes), first_table)
 
 
+def subtitle(plan: Plan) -> str:
+    return ("%s, %d CPUs (%s); medians of %d round(s); server, workers and trainer share the cores"
+            % (time.strftime("%Y-%m-%d", time.gmtime()), os.cpu_count() or 0, cpu_model(), plan.rounds))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.small_samples", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round")
@@ -317,7 +354,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             results = compare(children, plan)
             ceiling = transport_ceiling(children, plan)
             first = startup(children)
-        return report(plan, results, ceiling, first)
+        output = QUICK_PLOT if args.quick else PLOT
+        draw(results, output, subtitle(plan))
+        return "%s\nPlot: %s\n" % (report(plan, results, ceiling, first), output.relative_to(REPO))
 
     return print_report("bench.small_samples", LOG_DIR, produce)
 
