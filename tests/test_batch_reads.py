@@ -212,3 +212,45 @@ def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
     with pytest.raises(IndexError, match="record 10 of an LMDB of 10 records"):
         source.read(10)
     source.close()
+
+
+WRITER = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], map_size=1 << 30)
+for round in range(5):
+    with env.begin(write=True) as txn:
+        for key, value in list(txn.cursor()):
+            txn.put(key, value[:-1] + bytes([(value[-1] + 1) % 256]))
+env.close()
+"""
+
+
+def test_an_lmdb_overwritten_while_served_is_read_as_the_snapshot_the_reader_began_with(tmp_path):
+    """Issue 16.3: a writer committing into a served LMDB; with LMDB's reader lock the
+    reader's transaction keeps its pages, so no record vanishes or changes under it."""
+    import subprocess
+    import sys
+
+    from datasets import random_images, write_lmdb
+
+    from server.sources import LmdbSource
+
+    def read_all(source):
+        blocks, rest = source.read_many(np.arange(300))
+        assert rest.tolist() == []
+        data = np.empty_like(images)
+        for block in blocks:  # labels from 128 on take another byte: two record layouts
+            data[block.positions] = block.arrays["data"]
+        return data
+
+    images = random_images(300, (3, 16, 16), seed=5)
+    db = write_lmdb(tmp_path / "db", images, range(300))
+    source = LmdbSource(str(db))
+    source.open()
+    assert np.array_equal(read_all(source), images)
+    subprocess.run([sys.executable, "-c", WRITER, str(db)], check=True, timeout=60)
+    assert np.array_equal(read_all(source), images)
+    source.close()
+    source.open()  # a new transaction sees the writer's commits: five times the label's last byte + 1
+    assert source.read(0)["label"] == 5
+    source.close()

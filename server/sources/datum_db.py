@@ -119,10 +119,16 @@ class LmdbSource(DatumDbSource):
 
     @staticmethod
     def _open_env(path: str, readahead: bool = False):
+        """The database, read-only. With LMDB's reader lock where the lock file can be written,
+        so that a writer committing meanwhile never recycles pages this process still reads
+        (its transaction keeps the snapshot it began with); without it on read-only media."""
         import lmdb
 
-        return lmdb.open(path, readonly=True, lock=False, readahead=readahead, subdir=os.path.isdir(path),
-                         max_readers=512)
+        options = dict(readonly=True, readahead=readahead, subdir=os.path.isdir(path), max_readers=512)
+        try:
+            return lmdb.open(path, lock=True, **options)
+        except lmdb.Error:
+            return lmdb.open(path, lock=False, **options)
 
     def open(self) -> None:
         self._env = self._open_env(self.path)
