@@ -34,6 +34,8 @@ from processes import ServerProcess, child_pids, free_port  # noqa: E402
 
 SAMPLES = 400
 BATCH = 16
+SHAPE = (3, 40, 40)
+SAMPLE_BYTES = 3 * 40 * 40  # as uint8 pixels on the wire
 
 
 def rss_kb(pid: int) -> int:
@@ -72,7 +74,7 @@ class SoakReport:
 
 
 def run_soak(seconds: float, workdir: Path, kill_every: float = 2.0, restart_every: float = 5.0) -> SoakReport:
-    db = write_lmdb(workdir / "soak_db", random_images(SAMPLES, (3, 40, 40), seed=5), range(SAMPLES), encode=".png")
+    db = write_lmdb(workdir / "soak_db", random_images(SAMPLES, SHAPE, seed=5), range(SAMPLES), encode=".png")
     port = free_port()
     address = "tcp://127.0.0.1:%d" % port
     args = ["--source", "lmdb:%s" % db, "--bind", address, "--batch-size", str(BATCH), "--workers", "2",

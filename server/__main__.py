@@ -8,6 +8,7 @@ included (server/startup_signals.py); 2 for a configuration it refuses
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import List, Optional
 
@@ -18,7 +19,11 @@ from server.supervisor import DataServer, ServerError
 log = logging.getLogger("zfeed.server")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, ending_process: bool = True) -> int:
+    """Run the server; its exit status. ``ending_process``: the caller exits right after (the
+    command line), so SIGTERM and SIGINT are then ignored, not given back their old handlers:
+    one that arrives while the process ends, its work done, changes nothing (without this
+    the default handler killed it, exit status -15 instead of 0)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s zfeed-server %(levelname)s %(message)s")
     signals = StartupSignals()
@@ -37,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("%s", exc)
         return 1
     finally:
-        signals.restore()
+        signals.restore(signal.SIG_IGN if ending_process else None)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ class StartupSignals:
         log.info("%s", stopping_message(signum))
         os._exit(0)
 
-    def restore(self) -> None:
-        """Put back the handlers found when this object was made."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def restore(self, handler=None) -> None:
+        """Put back the handlers found when this object was made, or install ``handler``."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if handler is None else handler)

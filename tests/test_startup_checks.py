@@ -82,7 +82,7 @@ def test_unusable_sources_are_refused(source, message):
 
 def test_refusal_is_exit_status_2_with_the_message_logged(source, caplog):
     with caplog.at_level(logging.ERROR, logger="zfeed.server"):
-        assert main(["--source", source, "--seed", "-1"]) == 2
+        assert main(["--source", source, "--seed", "-1"], ending_process=False) == 2
     assert "--seed -1" in caplog.text
 
 
