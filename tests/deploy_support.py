@@ -196,7 +196,8 @@ def isolated(command: Sequence[str], hostname: Optional[str], read_only: Sequenc
 def container_env(image: Dict[str, str], service: Dict[str, str], python: str) -> Dict[str, str]:
     """Our environment without zfeed's variables, plus the image's and the service's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZFEED_") and k != "PYTHONPATH"}
-    env.update({name: in_repo(value) for name, value in image.items()})
+    # The image's PATH names where its python is, which ``python`` stands in for here.
+    env.update({name: in_repo(value) for name, value in image.items() if name != "PATH"})
     env.update(service)
     env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
     return env
