@@ -62,7 +62,8 @@ def podman(*args: str, timeout: float = COMMAND_DEADLINE_S, check: bool = True) 
 
 
 def inspect(name: str, kind: str = "container") -> dict:
-    return json.loads(podman(kind, "inspect", name).stdout)[0]
+    found = json.loads(podman(kind, "inspect", name).stdout)
+    return found if kind == "pod" else found[0]  # podman 4.3 gives a pod as an object, not a list
 
 
 def base_images() -> List[str]:
@@ -219,3 +220,20 @@ class Compose:
 
     def down(self) -> None:
         self("down", "--volumes", "--timeout", "0", check=False, timeout=300)
+
+
+def exec_in(name: str, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    return podman("exec", name, *command, check=check)
+
+
+def health_status(name: str) -> str:
+    """Run the image's HEALTHCHECK now (podman schedules it with systemd, absent here); its status."""
+    podman("healthcheck", "run", name, check=False)
+    return state(name)["Health"]["Status"]
+
+
+@pytest.fixture(scope="session")
+def built_images(request) -> List[BuiltImage]:
+    """The three images, built (or found in podman's cache) once per test session."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    return build_images(lambda text: reporter.write_line("containers: " + text))

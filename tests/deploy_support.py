@@ -117,6 +117,14 @@ def image_user(stage: Stage) -> str:
     return users[-1] if users else "root"
 
 
+def metric(text: str, name: str) -> float:
+    """The value of the first series ``name`` (labelled or not) in Prometheus' text format."""
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no metric %s in:\n%s" % (name, text))
+
+
 def k8s_documents() -> List[dict]:
     documents = []
     for path in sorted((REPO / "deploy" / "k8s").glob("*.yaml")):

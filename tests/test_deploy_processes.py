@@ -24,7 +24,7 @@ from caffe_runner import caffe_python
 from client_layer import BatchClient
 from deploy_support import (ENTRYPOINT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERFILE, Container, compose_config,
                             container_env, dockerfile_stages, entrypoint_argv, env_list, image_env,
-                            isolation_missing, k8s_by_kind, localize, option, pod_spec, run_command,
+                            isolation_missing, k8s_by_kind, localize, metric, option, pod_spec, run_command,
                             run_entrypoint)
 from processes import free_port
 from server.config import build_parser
@@ -58,14 +58,6 @@ def wait_until_metrics_answer(port, server, deadline_s=READY_DEADLINE_S):
             if server.process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("/metrics on port %d never answered; log:\n%s" % (port, server.log))
             time.sleep(0.1)
-
-
-def metric(text, name):
-    """The value of the first series ``name`` (labelled or not) in Prometheus' text format."""
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no metric %s in:\n%s" % (name, text))
 
 
 def health(stages, server_env):
