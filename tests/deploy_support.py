@@ -5,7 +5,7 @@ docker-compose.yml (interpolation, anchors and merge keys resolved by
 Compose itself); ``dockerfile_stages()`` splits a Dockerfile into stages;
 ``k8s_documents()`` loads deploy/k8s/.
 
-Running: no container engine runs here, so ``Container`` runs an image's
+Running without a container engine (the real images run in test_containers.py): ``Container`` runs an image's
 command as a process, as the image would: the repository stands for the
 image's ``/opt/zfeed`` (its WORKDIR), ``python`` on PATH is the interpreter
 the image has (the test's for the server, the Caffe Python for the

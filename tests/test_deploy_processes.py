@@ -1,6 +1,6 @@
 """What the images run, run here as plain processes, as the compose file and the manifests run it.
 
-No container engine runs here (see deploy_support): each container is a
+Without a container engine (see deploy_support; the images run in test_containers.py): each container is a
 process with the image's command, ENV and working directory, the service's
 environment, paths and ports mapped to this machine, its own host name and
 its data mounted read-only. Checked: the entry point's environment
