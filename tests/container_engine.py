@@ -226,6 +226,12 @@ def exec_in(name: str, *command: str, check: bool = True) -> subprocess.Complete
     return podman("exec", name, *command, check=check)
 
 
+def server_metrics(name: str) -> str:
+    """A server's /metrics, read inside its container (where its health check reads them)."""
+    return exec_in(name, "python", "-c", "import urllib.request; print(urllib.request.urlopen("
+                   "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())").stdout
+
+
 def health_status(name: str) -> str:
     """Run the image's HEALTHCHECK now (podman schedules it with systemd, absent here); its status."""
     podman("healthcheck", "run", name, check=False)

@@ -26,7 +26,8 @@ import time
 import pytest
 
 import container_engine
-from container_engine import Network, exec_in, logs, podman, remove, run_container, state, timed_stop, wait_for_log
+from container_engine import (Network, logs, podman, remove, run_container, server_metrics, state, timed_stop,
+                              wait_for_log)
 from deploy_support import compose_config, metric
 
 pytestmark = pytest.mark.containers
@@ -75,7 +76,7 @@ def demo_volume(built_images):
     name = "zfeed-test-demo-%d" % time.time()
     podman("volume", "create", name)
     try:
-        podman("run", "--rm", "-v", "%s:/demo" % name, "zfeed-demo-dataset", "/demo", timeout=300)
+        podman("run", "--rm", "--network", "none", "-v", "%s:/demo" % name, "zfeed-demo-dataset", "/demo", timeout=300)
         yield name
     finally:
         podman("volume", "rm", "--force", name, check=False)
@@ -88,11 +89,6 @@ def slow_dataset(tmp_path_factory):
     (folder / "slow_dataset.py").write_text(SLOW_DATASET)
     (folder / "slow_dataset.py").chmod(0o644)
     return folder
-
-
-def server_metrics(container: str) -> str:
-    return exec_in(container, "python", "-c", "import urllib.request; print(urllib.request.urlopen("
-                   "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())").stdout
 
 
 def wait_until(container: str, what: str, check) -> None:

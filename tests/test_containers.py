@@ -16,7 +16,7 @@ import pytest
 import container_engine
 from client_layer import BatchClient
 from container_engine import (Compose, Network, PodmanService, exec_in, health_status, inspect, logs, podman,
-                              state, timed_stop, wait_for_log)
+                              server_metrics, state, timed_stop, wait_for_log)
 from deploy_support import REPO, compose_config, k8s_by_kind, metric, pod_spec
 from k8s_pods import Pod
 
@@ -38,12 +38,6 @@ def podman_service(tmp_path_factory):
         yield service
 
 
-def metrics_text(container: str) -> str:
-    """The server's /metrics, read inside its container (where the health check reads it)."""
-    return exec_in(container, "python", "-c", "import urllib.request; print(urllib.request.urlopen("
-                   "'http://127.0.0.1:9100/metrics', timeout=5).read().decode())").stdout
-
-
 def assert_runs_as_declared(container: str) -> None:
     """The image's user, a read-only root file system, and the server itself as PID 1."""
     assert exec_in(container, "id", "-u").stdout.strip() == IMAGE_UID
@@ -60,11 +54,12 @@ def test_images_are_lean_non_root_and_on_their_pythons(built_images):
     for name, size in sizes.items():
         assert size < SIZE_LIMITS_MB[name], "%s weighs %.0f MB" % (name, size)
         assert inspect(name, "image")["Config"]["User"] == IMAGE_USER
-        version = podman("run", "--rm", "--entrypoint", "python", name, "-c",
+        version = podman("run", "--rm", "--network", "none", "--entrypoint", "python", name, "-c",
                          "import os, sys; print(os.getuid(), '%d.%d' % sys.version_info[:2])").stdout.split()
         assert version == [IMAGE_UID, PYTHONS[name]], (name, version)
-    caffe = podman("run", "--rm", "--entrypoint", "python", "zfeed-trainer", "-c", "import caffe, client_layer")
-    assert caffe.returncode == 0
+    caffe, layer = podman("run", "--rm", "--network", "none", "--entrypoint", "python", "zfeed-trainer", "-c",
+                          "import caffe, client_layer; print(caffe.__file__, client_layer.__file__)").stdout.split()
+    assert caffe.startswith("/opt/venv/") and layer == "/opt/zfeed/client_layer/__init__.py"
 
 
 def test_compose_demo_trains_to_pass_with_three_train_servers_then_stops_them(built_images, podman_service,
@@ -88,7 +83,7 @@ def test_compose_demo_trains_to_pass_with_three_train_servers_then_stops_them(bu
         while connected != set(servers) and state(trainer)["Running"] and time.monotonic() < deadline:
             for server in set(servers) - connected:
                 if " serving " in logs(server):
-                    text = metrics_text(server)
+                    text = server_metrics(server)
                     if metric(text, "zfeed_trainers_connected") == 1 and metric(text, "zfeed_batches_sent_total") > 0:
                         connected.add(server)
             time.sleep(0.5)
