@@ -238,8 +238,13 @@ def health_status(name: str) -> str:
     return state(name)["Health"]["Status"]
 
 
+_built: List[BuiltImage] = []  # once per session, whichever test module asks first
+
+
 @pytest.fixture(scope="session")
 def built_images(request) -> List[BuiltImage]:
     """The three images, built (or found in podman's cache) once per test session."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    return build_images(lambda text: reporter.write_line("containers: " + text))
+    if not _built:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        _built.extend(build_images(lambda text: reporter.write_line("containers: " + text)))
+    return _built
