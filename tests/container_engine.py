@@ -20,6 +20,7 @@ These tests fail, never skip, when podman is missing: ./dev installs it.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -156,11 +157,20 @@ def wait_for_log(name: str, text: str, deadline_s: float = 60.0) -> str:
         time.sleep(0.3)
 
 
+def finished_at(name: str) -> float:
+    """When the container's process exited, as a time.time() value (podman's State.FinishedAt)."""
+    stamp = state(name)["FinishedAt"]  # e.g. 2026-12-02T07:55:23.844977257Z: nanoseconds
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    whole = datetime.datetime.strptime(seconds, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return whole.timestamp() + float("0." + (fraction or "0"))
+
+
 def timed_stop(name: str, grace_s: float) -> tuple:
-    """``podman stop`` as ``docker stop`` (SIGTERM, SIGKILL after ``grace_s``): (exit code, seconds)."""
-    started = time.monotonic()
+    """``podman stop`` as ``docker stop`` (SIGTERM, SIGKILL after ``grace_s``): (exit code, seconds
+    from the signal to the container's exit; podman's own clean-up after that does not count)."""
+    sent = time.time()
     podman("stop", "--time", str(int(grace_s)), name, timeout=grace_s + 60)
-    return state(name)["ExitCode"], time.monotonic() - started
+    return state(name)["ExitCode"], finished_at(name) - sent
 
 
 class PodmanService:
