@@ -6,8 +6,16 @@
 # server flags after the image name (flags win). Mount the data read-only:
 #   docker run -v /data:/data:ro -p 5555:5555 -e ZFEED_SOURCE=lmdb:/data/train_lmdb \
 #       -e ZFEED_CROP_SIZE=227 -e ZFEED_MIRROR=1 -e ZFEED_MEAN_VALUE=104,117,123 zfeed-server
-FROM python:3.11-slim AS base
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/opt/zfeed
+# Debian's own image and Python (3.11 in bookworm), so that any machine that reaches Debian's
+# archive can make the base image (deploy/debian-base-image.sh; CI does) and build this.
+FROM debian:bookworm-slim AS base
+# The packages go into a virtual environment: Debian's Python refuses pip's installs (PEP 668).
+# ca-certificates: the trust store pip uses to reach the package index.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/opt/zfeed
 COPY requirements.txt /opt/zfeed/requirements.txt
 RUN pip install --no-cache-dir -r /opt/zfeed/requirements.txt
 # One uid and gid, 10001, in every zfeed image: they share volumes, and deploy/k8s/ runs as it.

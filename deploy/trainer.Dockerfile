@@ -5,8 +5,16 @@
 # client_layer is on PYTHONPATH, so a net's `python_param { module: "client_layer" }` just works:
 # mount your prototxts and run your pycaffe script. docker-compose.yml and deploy/k8s/ run the
 # demo's: python demo/train.py SOLVER --test-samples N ..., as `python -m demo` does.
-FROM python:3.9-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/opt/zfeed GLOG_minloglevel=2
+# The wheel is for Python 3.9 only: Debian bullseye's Python (bookworm has 3.11). The base image is
+# Debian's own, which any machine that reaches Debian's archive can make (deploy/debian-base-image.sh).
+FROM debian:bullseye-slim
+# A virtual environment keeps pip's packages apart from Debian's; ca-certificates: pip's trust store.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/opt/zfeed \
+    GLOG_minloglevel=2
 COPY requirements-caffe.txt /opt/zfeed/requirements-caffe.txt
 # The import is ./dev's check: the wheel has been seen to break with another numpy.
 RUN pip install --no-cache-dir -r /opt/zfeed/requirements-caffe.txt && python -c "import caffe"

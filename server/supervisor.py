@@ -26,14 +26,20 @@ finishing anything (``MAX_DEATHS_WITHOUT_PROGRESS``) stop the server.
 
 NOTE [ Shutdown protocol ]
 SIGTERM or SIGINT sets a flag that the loop checks at least every
-``POLL_IDLE_MS``. The server then stops handing out work, tells every worker
-to exit, joins each for ``worker_pool.WORKER_JOIN_S``, terminates and then
-kills any that remain, saves its resume state (``--state-dir``), closes its
-socket with ``sender.SHUTDOWN_LINGER_MS`` so queued bytes can still leave,
-and exits with status 0. Workers also die with the supervisor (PDEATHSIG and
-a ppid check), and the slots are an anonymous mapping, so even SIGKILL leaves
-nothing behind. With ``--epochs`` the server exits the same way once every
-batch has left.
+``POLL_IDLE_MS``, and starts the shutdown deadline
+(``shutdown_deadline.SHUTDOWN_DEADLINE_S``, within Docker's default grace
+period of 10 s). The server then stops handing out work, saves its resume
+state (``--state-dir``), tells every worker to exit, joins each for
+``worker_pool.WORKER_JOIN_S``, terminates and then kills any that remain,
+closes its socket with ``sender.SHUTDOWN_LINGER_MS`` so queued bytes can
+still leave, closes ZeroMQ, and exits with status 0. Closing ZeroMQ waits
+for its I/O thread, which may be stuck in a host name lookup of a
+``--connect`` peer that is gone (30-40 s in a container): the server waits
+the linger and ``TERM_MARGIN_S`` for it, then exits anyway, saying so. Should
+any step hang, the deadline ends the process all the same, naming the step.
+Workers also die with the supervisor (PDEATHSIG and a ppid check), and the
+slots are an anonymous mapping, so even SIGKILL leaves nothing behind. With
+``--epochs`` the server exits the same way once every batch has left.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from collections import deque
 from typing import Deque, List, Optional
 
@@ -54,7 +61,8 @@ from server.curve import CurveServer
 from server.metrics import ServerMetrics
 from server.plan import EpochPlan
 from server.resume_state import ResumeState
-from server.sender import BatchSender, SenderError
+from server.sender import SHUTDOWN_LINGER_MS, BatchSender, SenderError
+from server.shutdown_deadline import ShutdownDeadline
 from server.throughput import ThroughputLog
 from server.worker import WorkerSetup
 from server.worker_pool import WorkerHandle, WorkerPool, describe_exit, new_progress, probe_sample
@@ -72,6 +80,7 @@ MAX_DEATHS_WITHOUT_PROGRESS = 5
 # once for many small batches, not so much that one trainer's share grows coarse.
 MESSAGE_TARGET_BYTES = 2 * 2**20
 MAX_ROWS_PER_MESSAGE = 16384  # the header carries 12 bytes per sample: stay far below its limit
+TERM_MARGIN_S = 1.0  # closing ZeroMQ may take the socket's linger and this
 
 
 def slot_count_for(slot_bytes: int, workers: int, max_inflight_mb: float, batches_per_slot: int = 1) -> int:
@@ -133,6 +142,7 @@ class DataServer:
         self.next_send = first_seq
         self.queue: Deque[Task] = deque()
         self.stop_signal: Optional[int] = None
+        self.deadline = ShutdownDeadline()
         self.deaths_since_progress = 0
         self.throughput = ThroughputLog(config.log_interval_s, config.batch_size)
         self.progress = new_progress(config.workers)
@@ -255,6 +265,7 @@ class DataServer:
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
+        self.deadline.start(status=0)  # from the signal, as the container engine counts its grace period
 
     def _poll(self, sender: BatchSender) -> None:
         poller = zmq.Poller()
@@ -329,14 +340,31 @@ class DataServer:
                             self.assembly.skipped, len(self.assembly.bad_samples))
             return 0
         finally:
-            self.pool.stop()
-            self._save_resume_state(sender, force=True)
-            if self.metrics is not None:
-                self.metrics.close(sender.socket if sender else None)
-            if sender is not None:
-                sender.close()
-            if curve is not None:
-                curve.stop()
-            context.term()
+            self._shut_down(sender, curve, context, failed=sys.exc_info()[0] is not None)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _shut_down(self, sender: Optional[BatchSender], curve: Optional[CurveServer], context: zmq.Context,
+                   failed: bool) -> None:
+        """NOTE [ Shutdown protocol ]'s steps, each named for the deadline's message."""
+        deadline = self.deadline
+        deadline.start(status=1 if failed else 0)
+        deadline.step("saving the resume state")
+        self._save_resume_state(sender, force=True)  # first: whatever hangs later, it is saved
+        deadline.step("stopping the loader workers")
+        self.pool.stop()
+        if self.metrics is not None:
+            deadline.step("stopping the metrics server")
+            self.metrics.close(sender.socket if sender else None)
+        if sender is not None:
+            deadline.step("closing the socket")
+            sender.close()
+        if curve is not None:
+            deadline.step("stopping the CURVE authenticator")
+            curve.stop()
+        # context.term() waits for ZeroMQ's I/O thread, which cannot be interrupted while it resolves a
+        # --connect host name: in a container whose peer has gone, a lookup of its name can take 30-40 s
+        # (every resolver in resolv.conf times out, twice). Queued batches get their linger, no more.
+        deadline.run_bounded("closing ZeroMQ", context.term, SHUTDOWN_LINGER_MS / 1000 + TERM_MARGIN_S,
+                             "its I/O thread is likely resolving a --connect host name that no longer answers")
+        deadline.finish()

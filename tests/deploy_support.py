@@ -5,7 +5,7 @@ docker-compose.yml (interpolation, anchors and merge keys resolved by
 Compose itself); ``dockerfile_stages()`` splits a Dockerfile into stages;
 ``k8s_documents()`` loads deploy/k8s/.
 
-Running: no container engine runs here, so ``Container`` runs an image's
+Running without a container engine (the real images run in test_containers.py): ``Container`` runs an image's
 command as a process, as the image would: the repository stands for the
 image's ``/opt/zfeed`` (its WORKDIR), ``python`` on PATH is the interpreter
 the image has (the test's for the server, the Caffe Python for the
@@ -117,6 +117,14 @@ def image_user(stage: Stage) -> str:
     return users[-1] if users else "root"
 
 
+def metric(text: str, name: str) -> float:
+    """The value of the first series ``name`` (labelled or not) in Prometheus' text format."""
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no metric %s in:\n%s" % (name, text))
+
+
 def k8s_documents() -> List[dict]:
     documents = []
     for path in sorted((REPO / "deploy" / "k8s").glob("*.yaml")):
@@ -196,7 +204,8 @@ def isolated(command: Sequence[str], hostname: Optional[str], read_only: Sequenc
 def container_env(image: Dict[str, str], service: Dict[str, str], python: str) -> Dict[str, str]:
     """Our environment without zfeed's variables, plus the image's and the service's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZFEED_") and k != "PYTHONPATH"}
-    env.update({name: in_repo(value) for name, value in image.items()})
+    # The image's PATH names where its python is, which ``python`` stands in for here.
+    env.update({name: in_repo(value) for name, value in image.items() if name != "PATH"})
     env.update(service)
     env["PATH"] = os.path.dirname(python) + os.pathsep + env.get("PATH", "")
     return env

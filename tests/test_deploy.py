@@ -3,9 +3,9 @@
 docker-compose.yml: Debian's docker-compose (``config``: Compose's own
 parsing, interpolation and schema) and the current Compose Specification
 schema (check-jsonschema's copy). deploy/k8s/: kubernetes-validate, the
-Kubernetes API's JSON schemas, strictly (unknown fields are errors). No
-container engine runs here, so images are not built: their Dockerfiles are
-read, and the processes they run are run in test_deploy_processes.py.
+Kubernetes API's JSON schemas, strictly (unknown fields are errors). The
+Dockerfiles are read here; test_deploy_processes.py runs what they run as
+plain processes, and test_containers.py builds and runs the images.
 These tests fail, never skip, when a tool is missing: ./dev installs them.
 """
 
@@ -124,7 +124,7 @@ def test_dockerfiles_copy_what_exists_and_the_build_context_holds_it():
 def test_server_image_runs_the_entry_point_as_pid_1_non_root_with_a_health_check():
     stages = dockerfile_stages(SERVER_DOCKERFILE)
     server = list(stages.values())[-1]  # the default target
-    assert server.name == "server" and stages["base"].base == "python:3.11-slim"
+    assert server.name == "server" and stages["base"].base == "debian:bookworm-slim"  # Debian's Python 3.11
     assert image_user(server) == "zfeed" and "--uid %s" % IMAGE_UID in " ".join(stages["base"].all("RUN"))
     entrypoint = server.exec_form("ENTRYPOINT")  # exec form: no shell in between, the script execs the server
     assert entrypoint == [IMAGE_ROOT + "/deploy/server-entrypoint.sh"] and server.exec_form("CMD") == []
@@ -148,7 +148,7 @@ def test_demo_dataset_image_has_the_dev_environments_scikit_learn():
 def test_trainer_image_has_caffe_on_python_3_9_and_the_layer_on_its_path():
     stages = dockerfile_stages(TRAINER_DOCKERFILE)
     (trainer,) = stages.values()
-    assert trainer.base == "python:3.9-slim" and image_user(trainer) == "zfeed"
+    assert trainer.base == "debian:bullseye-slim" and image_user(trainer) == "zfeed"  # Debian's Python 3.9
     assert any("-r %s/requirements-caffe.txt" % IMAGE_ROOT in rest for rest in trainer.all("RUN"))
     assert image_env(stages, trainer.name)["PYTHONPATH"] == IMAGE_ROOT  # client_layer and demo import from there
     assert {"client_layer", "demo"} <= set(copied_sources(trainer))

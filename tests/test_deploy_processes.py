@@ -1,6 +1,6 @@
 """What the images run, run here as plain processes, as the compose file and the manifests run it.
 
-No container engine runs here (see deploy_support): each container is a
+Without a container engine (see deploy_support; the images run in test_containers.py): each container is a
 process with the image's command, ENV and working directory, the service's
 environment, paths and ports mapped to this machine, its own host name and
 its data mounted read-only. Checked: the entry point's environment
@@ -24,12 +24,12 @@ from caffe_runner import caffe_python
 from client_layer import BatchClient
 from deploy_support import (ENTRYPOINT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERFILE, Container, compose_config,
                             container_env, dockerfile_stages, entrypoint_argv, env_list, image_env,
-                            isolation_missing, k8s_by_kind, localize, option, pod_spec, run_command,
+                            isolation_missing, k8s_by_kind, localize, metric, option, pod_spec, run_command,
                             run_entrypoint)
 from processes import free_port
 from server.config import build_parser
 
-pytestmark = pytest.mark.containers
+pytestmark = pytest.mark.deploy
 
 ISOLATION = isolation_missing()
 needs_isolation = pytest.mark.skipif(ISOLATION is not None, reason=ISOLATION or "")
@@ -62,14 +62,6 @@ def wait_until_metrics_answer(port, server, deadline_s=READY_DEADLINE_S):
             time.sleep(0.1)
 
 
-def metric(text, name):
-    """The value of the first series ``name`` (labelled or not) in Prometheus' text format."""
-    for line in text.splitlines():
-        if line.startswith((name + "{", name + " ")):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no metric %s in:\n%s" % (name, text))
-
-
 def health(stages, server_env):
     """The image's HEALTHCHECK command's exit status, for a server run with ``server_env``."""
     return run_command(stages["server"].exec_form("HEALTHCHECK"), server_env, timeout=30).returncode
@@ -87,13 +79,13 @@ def documented_variables():
 
 def test_entry_point_documents_every_variable_it_reads_and_each_names_a_server_option():
     server_help = build_parser().format_help()
-    readme = (REPO / "README.md").read_text()
+    operations = (REPO / "docs" / "operations.md").read_text()
     documented = dict(documented_variables())
     assert len(documented) >= 20
     for variable, flag in documented.items():
         assert re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(flag), server_help), \
             "%s is documented as %s, which the server does not have" % (variable, flag)
-        assert "`%s`" % variable in readme, "README.md does not list %s" % variable
+        assert "`%s`" % variable in operations, "docs/operations.md does not list %s" % variable
     script = ENTRYPOINT.read_text().split("set -eu", 1)[1]
     read = {"ZFEED_" + name for name in re.findall(r"\b([A-Z_]+):--", script)}
     read |= set(re.findall(r"\$\{?(ZFEED_[A-Z_]+)", script))
