@@ -24,6 +24,7 @@ import tempfile
 import time
 
 import caffe
+from caffe_net_rate import print_rate, zfeed_wait_s  # bench/, this script's directory
 
 CROP = 227
 MEAN = (104, 117, 123)
@@ -81,20 +82,13 @@ def main() -> int:
         net = caffe.Net(f.name, caffe.TRAIN)
     finally:
         os.unlink(f.name)
-    batch = net.blobs["data"].data.shape[0]
     for _ in range(args.warmup):
         net.forward()
-    client = getattr(net.layers[0], "client", None)  # ZmqDataLayer's BatchClient
-    waited = client.wait_s if client else 0.0
+    waited = zfeed_wait_s(net)
     start = time.perf_counter()
     for _ in range(args.batches):
         net.forward()
-    seconds = time.perf_counter() - start
-    images = args.batches * batch
-    result = {"images": images, "seconds": seconds, "images_s": images / seconds}
-    if client:
-        result["wait_share"] = (client.wait_s - waited) / seconds
-    print(json.dumps(result))
+    print_rate(net, args.batches, time.perf_counter() - start, waited)
     return 0
 
 

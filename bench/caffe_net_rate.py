@@ -17,6 +17,21 @@ import time
 import caffe
 
 
+def zfeed_wait_s(net) -> float:
+    """Seconds zfeed's layer (the net's first) has waited so far; 0 for any other data layer."""
+    client = getattr(net.layers[0], "client", None)  # ZmqDataLayer's BatchClient
+    return client.wait_s if client else 0.0
+
+
+def print_rate(net, forwards: int, seconds: float, waited_before: float) -> None:
+    """The JSON line: ``forwards`` batches in ``seconds``, and zfeed's wait share then."""
+    images = forwards * next(iter(net.blobs.values())).data.shape[0]
+    result = {"images": images, "seconds": seconds, "images_s": images / seconds}
+    if getattr(net.layers[0], "client", None):
+        result["wait_share"] = (zfeed_wait_s(net) - waited_before) / seconds
+    print(json.dumps(result))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="caffe_net_rate.py")
     parser.add_argument("net")
@@ -25,13 +40,11 @@ def main() -> int:
     args = parser.parse_args()
     caffe.set_mode_cpu()
     net = caffe.Net(args.net, caffe.TRAIN)
-    batch = next(iter(net.blobs.values())).data.shape[0]
     forward = net.forward
     end = time.perf_counter() + args.warmup_seconds
     while time.perf_counter() < end:
         forward()
-    client = getattr(net.layers[0], "client", None)  # ZmqDataLayer's BatchClient
-    waited = client.wait_s if client else 0.0
+    waited = zfeed_wait_s(net)
     count = 0
     start = time.perf_counter()
     end = start + args.seconds
@@ -42,11 +55,7 @@ def main() -> int:
         now = time.perf_counter()
         if now >= end:
             break
-    seconds = now - start
-    result = {"images": count * batch, "seconds": seconds, "images_s": count * batch / seconds}
-    if client:
-        result["wait_share"] = (client.wait_s - waited) / seconds
-    print(json.dumps(result))
+    print_rate(net, count, now - start, waited)
     return 0
 
 
