@@ -21,6 +21,8 @@ import netns
 from processes import REPO, LoggedProcess
 from server.shutdown_deadline import SHUTDOWN_DEADLINE_S
 
+pytestmark = pytest.mark.integration
+
 LOOKUP_TIMEOUT_S = 30  # the resolver's wait: far longer than any stop may take
 NAMESERVER = '''
 import socket
