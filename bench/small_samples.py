@@ -287,7 +287,8 @@ def draw(results, output: Path, subtitle: str) -> None:
         bars = axes.bar([i + (offset - 1) * width for i in range(len(names))], values, width,
                         label={"Caffe": "Caffe's own layer", "zfeed": "zfeed, 2 workers, same machine",
                                "floor": "Python layer copying a ready batch"}[way])
-        axes.bar_label(bars, labels=["%.0fk" % (v / 1000) if v >= 1000 else "%.0f" % v for v in values],
+        axes.bar_label(bars, labels=["%.0fk" % (v / 1000) if v >= 10000 else "%.1fk" % (v / 1000) if v >= 1000
+                                    else "%.0f" % v for v in values],
                        fontsize=6.5, padding=1)
     axes.set_yscale("log")
     axes.set_xticks(range(len(names)), names, fontsize=8)
