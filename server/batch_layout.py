@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from server.sources.base import consecutive_slice
 from server.transform import (Crops, TransformParams, choose_crops, crop_block_into, crop_into, finish_on_trainer,
                               output_shape, trainer_arithmetic, transform_block_into, transform_into)
 
@@ -135,11 +136,12 @@ class RowWriter:
                 self._check_image_block(value, self.batch[name].shape[1:])
             elif value.shape[1:] != shape:
                 raise ValueError("its %r is %s per sample, the batch holds %s" % (name, value.shape[1:], shape))
-        contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all()
+        chosen = consecutive_slice(rows)
+        contiguous = isinstance(chosen, slice)
         for name, kind, _ in self._kinds:
             target = self.batch[name]
-            out = target[rows[0]:rows[-1] + 1] if contiguous else np.empty((len(rows),) + target.shape[1:],
-                                                                          target.dtype)
+            # Consecutive rows are written in place; scattered ones through a block of their own.
+            out = target[chosen] if contiguous else np.empty((len(rows),) + target.shape[1:], target.dtype)
             if kind == _IMAGE:
                 self._image_block_into(positions, arrays[name], out)
             else:

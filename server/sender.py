@@ -43,7 +43,7 @@ class BatchSender:
         the trainer finishes uint8 pixels); ``codec_name`` names the compression of packed frames."""
         self.stream_id = stream_id
         self.specs = list(specs)
-        self._specs_by_rows = {spec.shape[0]: self.specs for spec in self.specs[:1]}
+        self._specs_by_rows = {self.specs[0].shape[0]: self.specs}  # rows of a message -> its specs
         self.extra = extra
         self.codec_name = codec_name
         self.socket = context.socket(zmq.PUSH)

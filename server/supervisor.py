@@ -87,8 +87,11 @@ def slot_count_for(slot_bytes: int, workers: int, max_inflight_mb: float, batche
     """Enough slots to keep every worker busy and ``SEND_QUEUE_SLOTS`` batches ready to send,
     within the memory budget (but never fewer than ``MIN_SLOTS``); more would only add memory
     (and, with bad samples, push their replacements further down the stream)."""
-    wanted = TASKS_PER_WORKER * workers + -(-SEND_QUEUE_SLOTS // batches_per_slot)
-    return max(MIN_SLOTS, min(wanted, int(max_inflight_mb * 2**20 // slot_bytes)))
+    return max(MIN_SLOTS, min(_wanted_slots(workers, batches_per_slot), int(max_inflight_mb * 2**20 // slot_bytes)))
+
+
+def _wanted_slots(workers: int, batches_per_slot: int) -> int:
+    return TASKS_PER_WORKER * workers + -(-SEND_QUEUE_SLOTS // batches_per_slot)
 
 
 def batches_per_message_for(batch_specs: List[wire.ArraySpec], batch_slot_bytes: int, workers: int,
@@ -100,7 +103,7 @@ def batches_per_message_for(batch_specs: List[wire.ArraySpec], batch_slot_bytes:
     batch_bytes = max(1, sum(s.nbytes for s in batch_specs))
     largest = max(1, max(s.nbytes for s in batch_specs))
     rows = max(1, batch_specs[0].shape[0])
-    wanted_slots = TASKS_PER_WORKER * workers + SEND_QUEUE_SLOTS
+    wanted_slots = _wanted_slots(workers, 1)
     return max(1, min(most, MESSAGE_TARGET_BYTES // batch_bytes,
                       wire.MAX_FRAME_BYTES // largest, MAX_ROWS_PER_MESSAGE // rows,
                       int(max_inflight_mb * 2**20 // (wanted_slots * max(1, batch_slot_bytes)))))

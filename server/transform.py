@@ -144,9 +144,8 @@ def _windows(h_offs: np.ndarray, w_offs: np.ndarray, mirrors: np.ndarray, width:
     if len(distinct) == 1:
         return [(slice(None), int(h_offs[0]), int(w_offs[0]), bool(mirrors[0]))] if count else []
     if len(distinct) * 4 <= count:
-        firsts = [int(np.flatnonzero(members == k)[0]) for k in range(len(distinct))]
-        return [(np.flatnonzero(members == k), int(h_offs[i]), int(w_offs[i]), bool(mirrors[i]))
-                for k, i in enumerate(firsts)]
+        groups = [np.flatnonzero(members == k) for k in range(len(distinct))]
+        return [(group, int(h_offs[group[0]]), int(w_offs[group[0]]), bool(mirrors[group[0]])) for group in groups]
     return list(zip(range(count), h_offs.tolist(), w_offs.tolist(), mirrors.tolist()))
 
 
@@ -165,18 +164,14 @@ def transform_block_into(images: np.ndarray, params: TransformParams, h_offs: np
     """``transform_into`` for a block of images (N x C x H x W) into ``out`` (N x C x h x w
     float32): the same float32 operations in the same order, so the same bits."""
     height, width = out.shape[2:]
-    scale = np.float32(params.scale)
     for samples, h_off, w_off, mirror in _windows(h_offs, w_offs, mirrors, images.shape[3]):
         rows, columns = slice(h_off, h_off + height), slice(w_off, w_off + width)
-        source = images[samples, ..., rows, columns]
-        if params.mean is None:
-            result = np.multiply(source, scale, dtype=np.float32, casting="unsafe")
-        else:
-            mean = params.mean[:, rows, columns] if params.mean_is_full_size else params.mean
-            result = np.subtract(source, mean, dtype=np.float32, casting="unsafe")
-            if params.scale != 1.0:
-                np.multiply(result, scale, out=result)
-        out[samples] = result[..., ::-1] if mirror else result
+        gathered = isinstance(samples, np.ndarray)  # out[samples] would be a copy, not a view
+        result = np.empty((len(samples),) + out.shape[1:], np.float32) if gathered else out[samples]
+        _subtract_mean_and_scale(images[samples, ..., rows, columns], params, rows, columns,
+                                 result[..., ::-1] if mirror else result)
+        if gathered:
+            out[samples] = result
 
 
 def finish_on_trainer(params: TransformParams, image_dtype: np.dtype) -> bool:
@@ -198,14 +193,18 @@ def transform_into(image: np.ndarray, params: TransformParams, h_off: int, w_off
 
     ``out`` may be a view into a larger batch buffer; it is written once.
     """
-    c0, c1 = h_off, h_off + out.shape[1]
-    r0, r1 = w_off, w_off + out.shape[2]
-    source = image[:, c0:c1, r0:r1]
-    target = out[:, :, ::-1] if mirror else out
+    rows, columns = slice(h_off, h_off + out.shape[1]), slice(w_off, w_off + out.shape[2])
+    _subtract_mean_and_scale(image[:, rows, columns], params, rows, columns, out[:, :, ::-1] if mirror else out)
+
+
+def _subtract_mean_and_scale(source: np.ndarray, params: TransformParams, rows: slice, columns: slice,
+                             target: np.ndarray) -> None:
+    """``target = (source - mean) * scale`` in float32, the mean file taken at the source pixels
+    ``rows`` x ``columns``: Caffe's arithmetic, for one image or a block of them."""
     if params.mean is None:
         np.multiply(source, np.float32(params.scale), out=target, dtype=np.float32, casting="unsafe")
         return
-    mean = params.mean[:, c0:c1, r0:r1] if params.mean_is_full_size else params.mean
+    mean = params.mean[:, rows, columns] if params.mean_is_full_size else params.mean
     np.subtract(source, mean, out=target, dtype=np.float32, casting="unsafe")
     if params.scale != 1.0:
         np.multiply(target, np.float32(params.scale), out=target)

@@ -24,6 +24,14 @@ class SampleBlock:
     arrays: Dict[str, np.ndarray]
 
 
+def consecutive_slice(indices: np.ndarray):
+    """``indices`` as a slice when they are one ascending run (a view then selects them without
+    a copy), else ``indices`` themselves."""
+    if len(indices) and indices[-1] - indices[0] + 1 == len(indices) and (np.diff(indices) == 1).all():
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return indices
+
+
 # What ``read_many(indices)`` returns: blocks, and the positions left to ``read`` one by one.
 BlockRead = Tuple[List[SampleBlock], np.ndarray]
 

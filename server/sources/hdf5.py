@@ -32,7 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from server.sources.base import BlockRead, Sample, SampleBlock, Source, SourceError
+from server.sources.base import BlockRead, Sample, SampleBlock, Source, SourceError, consecutive_slice
 
 OPEN_FILES_PER_PROCESS = 8
 FILE_IN_MEMORY_BYTES = 1 << 30
@@ -187,10 +187,7 @@ class Hdf5Source(Source):
             self._in_memory = (-1, {})  # the old file's memory goes before the new file's comes
             arrays = {name: d[...] for name, d in zip(self.datasets, datasets)}
             self._in_memory = (file_number, arrays)
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
-            chosen = slice(int(rows[0]), int(rows[-1]) + 1)  # in file order: views, no copy
-        else:
-            chosen = rows
+        chosen = consecutive_slice(rows)  # rows in file order are views, no copy
         return {name: arrays[name][chosen] for name in self.datasets}
 
     def shuffled_order(self, rng: np.random.Generator) -> np.ndarray:
