@@ -162,8 +162,7 @@ class RowWriter:
     def _image_block_into(self, positions: np.ndarray, images: np.ndarray, out: np.ndarray) -> None:
         """The block's images cropped and mirrored (uint8 pixels on the wire) or transformed."""
         crops = self._crops_for(images.shape[2], images.shape[3])
-        h_offs, w_offs = np.asarray(crops.h_offs)[positions], np.asarray(crops.w_offs)[positions]
-        mirrors = np.asarray(crops.mirrors, dtype=bool)[positions]
+        h_offs, w_offs, mirrors = crops.h_offs[positions], crops.w_offs[positions], crops.mirrors[positions]
         if self.layout.pixels_on_wire:
             crop_block_into(images, h_offs, w_offs, mirrors, out)
         else:
@@ -184,7 +183,7 @@ class RowWriter:
         if (crops.height, crops.width) != target.shape[1:]:
             raise ValueError("it is %dx%d, the batch holds %dx%d images (set a crop size or resize)"
                              % (image.shape[1], image.shape[2], target.shape[1], target.shape[2]))
-        h_off, w_off, mirror = crops.h_offs[position], crops.w_offs[position], crops.mirrors[position]
+        h_off, w_off, mirror = int(crops.h_offs[position]), int(crops.w_offs[position]), bool(crops.mirrors[position])
         if self.layout.pixels_on_wire:
             if image.dtype != np.uint8:
                 raise ValueError("it has %s pixels; this stream sends uint8 pixels" % image.dtype)

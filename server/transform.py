@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -51,40 +51,47 @@ DRAWS_PER_SAMPLE = 3
 class Crops:
     """Where to crop and whether to mirror each sample of a task, for images of one size:
     sample i is cropped to ``height`` x ``width`` at ``(h_offs[i], w_offs[i])`` and mirrored
-    when ``mirrors[i]``. Plain Python lists: the per-sample loop indexes them cheaply."""
+    when ``mirrors[i]`` (int64, int64 and bool arrays, one entry per sample)."""
 
     height: int
     width: int
-    h_offs: List[int]
-    w_offs: List[int]
-    mirrors: List[bool]
+    h_offs: np.ndarray
+    w_offs: np.ndarray
+    mirrors: np.ndarray
+
+
+def uses_draws(params: Optional[TransformParams]) -> bool:
+    """Whether ``choose_crops`` reads the draws: a mirror coin, or a random crop (TRAIN).
+    Without either, a task's draws may be an (N, 0) array, and nothing computes them."""
+    return params is not None and (params.mirror or (params.crop_size > 0 and params.phase == TRAIN))
 
 
 def choose_crops(params: TransformParams, height: int, width: int, draws: np.ndarray) -> Crops:
     """Crop windows and mirror flags of images of ``height`` x ``width``, one per row of ``draws``.
 
-    ``draws`` holds ``DRAWS_PER_SAMPLE`` uniforms in [0, 1) per sample. Raises
-    ValueError when the crop does not fit the image.
+    ``draws`` holds ``DRAWS_PER_SAMPLE`` uniforms in [0, 1) per sample (no
+    columns when not ``uses_draws(params)``). Raises ValueError when the crop
+    does not fit the image.
     """
     count = len(draws)
-    mirrors = (draws[:, 0] < 0.5).tolist() if params.mirror else [False] * count
+    mirrors = draws[:, 0] < 0.5 if params.mirror else np.zeros(count, bool)
     crop = params.crop_size
     if not crop:
-        return Crops(height, width, [0] * count, [0] * count, mirrors)
+        return Crops(height, width, np.zeros(count, np.int64), np.zeros(count, np.int64), mirrors)
     if crop > height or crop > width:
         raise ValueError("crop_size %d is larger than the %dx%d image" % (crop, height, width))
     if params.phase == TRAIN:
         h_offs = _random_offsets(draws[:, 1], height - crop)
         w_offs = _random_offsets(draws[:, 2], width - crop)
     else:
-        h_offs = [(height - crop) // 2] * count
-        w_offs = [(width - crop) // 2] * count
+        h_offs = np.full(count, (height - crop) // 2, np.int64)
+        w_offs = np.full(count, (width - crop) // 2, np.int64)
     return Crops(crop, crop, h_offs, w_offs, mirrors)
 
 
-def _random_offsets(uniforms: np.ndarray, largest: int) -> List[int]:
+def _random_offsets(uniforms: np.ndarray, largest: int) -> np.ndarray:
     """Offsets in 0..largest, uniform: the truncation of u * (largest + 1), as int() truncates."""
-    return np.minimum((uniforms * (largest + 1)).astype(np.int64), largest).tolist()
+    return np.minimum((uniforms * (largest + 1)).astype(np.int64), largest)
 
 
 def output_shape(params: TransformParams, channels: int, height: int, width: int) -> Tuple[int, int, int]:

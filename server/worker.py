@@ -34,7 +34,7 @@ from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout, RowWriter
 from server.plan import EpochPlan
 from server.sources import Source
-from server.transform import DRAWS_PER_SAMPLE
+from server.transform import DRAWS_PER_SAMPLE, uses_draws
 
 PARENT_CHECK_S = 0.5
 IDLE = -1
@@ -88,7 +88,9 @@ def fill_rows(setup: WorkerSetup, task: RowTask) -> Dict[int, str]:
     Blocks first, then sample by sample; while a block is read the progress
     cell says IDLE, so a crash there names no sample and the supervisor
     re-issues the task ``sample_by_sample``."""
-    writer = RowWriter(setup.layout, setup.slots.arrays(task.slot), setup.plan.row_draws(task.seq, task.rows))
+    draws = (setup.plan.row_draws(task.seq, task.rows) if uses_draws(setup.layout.transform)
+             else np.empty((len(task.rows), 0)))
+    writer = RowWriter(setup.layout, setup.slots.arrays(task.slot), draws)
     source, write, progress, cell = setup.source, writer.write, setup.progress, setup.worker_id
     positions = range(len(task.rows)) if task.sample_by_sample else _write_blocks(source, writer, task)
     rows, indices = task.rows.tolist(), task.indices.tolist()

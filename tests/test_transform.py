@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.transform import TEST, TRAIN, TransformParams, choose_crops, crop_into, transform_into
+from server.transform import TEST, TRAIN, TransformParams, choose_crops, crop_into, transform_into, uses_draws
 
 pytestmark = pytest.mark.unit
 
@@ -72,7 +72,7 @@ def test_matches_caffe_loop_bit_for_bit(image, mirror, mean_kind, scale):
 def test_no_crop_keeps_the_whole_image(image):
     params = TransformParams(scale=0.5)
     crops = choose_crop(params, 7, 9, [0.9, 0.9, 0.9])
-    assert (crops.h_offs, crops.w_offs, crops.height, crops.width) == ([0], [0], 7, 9)
+    assert (crops.h_offs.tolist(), crops.w_offs.tolist(), crops.height, crops.width) == ([0], [0], 7, 9)
     assert np.array_equal(run_transform(params, image, crops), image.astype(np.float32) * np.float32(0.5))
 
 
@@ -89,13 +89,13 @@ def test_test_phase_crops_the_centre_whatever_the_draw():
     params = TransformParams(phase=TEST, crop_size=4)
     for draw in ([0.0, 0.0, 0.0], [0.99, 0.99, 0.99], [0.3, 0.6, 0.1]):
         crops = choose_crop(params, 9, 12, draw)
-        assert (crops.h_offs, crops.w_offs) == ([(9 - 4) // 2], [(12 - 4) // 2])
-        assert crops.mirrors == [False]
+        assert (crops.h_offs.tolist(), crops.w_offs.tolist()) == ([(9 - 4) // 2], [(12 - 4) // 2])
+        assert crops.mirrors.tolist() == [False]
 
 
 def test_mirror_coin_is_tossed_in_test_phase_too():
     params = TransformParams(phase=TEST, crop_size=4, mirror=True)
-    assert choose_crops(params, 8, 8, np.array([[0.2, 0.0, 0.0], [0.7, 0.0, 0.0]])).mirrors == [True, False]
+    assert choose_crops(params, 8, 8, np.array([[0.2, 0.0, 0.0], [0.7, 0.0, 0.0]])).mirrors.tolist() == [True, False]
 
 
 def test_train_offsets_cover_every_position_uniformly():
@@ -123,8 +123,7 @@ def test_task_crops_are_each_samples_own_choice():
         assert (crops.h_offs[position], crops.w_offs[position]) == (h_off, w_off)
         assert crops.mirrors[position] == (draw[0] < 0.5)
         one = choose_crop(params, 8, 11, draw)
-        assert (one.h_offs, one.w_offs, one.mirrors) == ([h_off], [w_off], [draw[0] < 0.5])
-    assert all(type(value) is int for value in crops.h_offs + crops.w_offs)
+        assert (one.h_offs.tolist(), one.w_offs.tolist(), one.mirrors.tolist()) == ([h_off], [w_off], [draw[0] < 0.5])
 
 
 def test_crop_larger_than_image_is_refused():
@@ -162,3 +161,22 @@ def test_crop_into_is_the_same_for_decoded_and_planar_images(channels, mirror):
         outputs.append(out)
     expected = planar[:, 2:8, 3:10][:, :, ::-1] if mirror else planar[:, 2:8, 3:10]
     assert np.array_equal(outputs[0], expected) and np.array_equal(outputs[1], expected)
+
+
+@pytest.mark.parametrize("params", [TransformParams(), TransformParams(phase=TEST, crop_size=4),
+                                    TransformParams(phase=TRAIN, scale=0.5)])
+def test_transforms_without_randomness_need_no_draws(params):
+    """Workers skip computing draws that ``uses_draws`` says nothing reads: the crops of
+    no draws are those of any draws."""
+    assert not uses_draws(params)
+    drawn = choose_crops(params, 9, 12, np.random.default_rng(8).random((5, 3)))
+    undrawn = choose_crops(params, 9, 12, np.empty((5, 0)))
+    for field in ("h_offs", "w_offs", "mirrors"):
+        assert np.array_equal(getattr(drawn, field), getattr(undrawn, field))
+    assert (drawn.height, drawn.width) == (undrawn.height, undrawn.width)
+
+
+@pytest.mark.parametrize("params", [TransformParams(mirror=True), TransformParams(phase=TRAIN, crop_size=4),
+                                    TransformParams(phase=TEST, crop_size=4, mirror=True)])
+def test_random_transforms_need_draws(params):
+    assert uses_draws(params)
