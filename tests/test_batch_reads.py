@@ -214,6 +214,46 @@ def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
     source.close()
 
 
+def test_raw_datums_are_served_from_the_workers_memory_once_read(tmp_path):
+    """NOTE [ Raw Datums in memory ]: a second read of a record is a gather from the rows the
+    process holds, the same bits as the database; records of another shape are not held."""
+    from datasets import random_images, write_lmdb
+
+    from server.sources import LmdbSource
+
+    images = list(random_images(12, (1, 2, 3)))
+    images[5] = random_images(1, (1, 3, 3))[0]  # another shape: read from the database every time
+    source = LmdbSource(str(write_lmdb(tmp_path / "db", images, range(12))))
+    source.open()
+    first = np.array([3, 1, 5, 4])
+    source.read_many(first)
+    assert source._rows.held.nonzero()[0].tolist() == [1, 3, 4]
+    blocks, rest = source.read_many(np.array([4, 5, 6, 1, 3, 4]))
+    assert rest.tolist() == []
+    served = {p: (b.arrays["data"][i], b.arrays["label"][i]) for b in blocks for i, p in enumerate(b.positions.tolist())}
+    for position, index in enumerate([4, 5, 6, 1, 3, 4]):
+        assert np.array_equal(served[position][0], images[index]) and served[position][1] == np.float32(index)
+    assert [b.positions.tolist() for b in blocks][0] == [0, 3, 4, 5]  # held rows: one block
+    assert source._rows.held.nonzero()[0].tolist() == [1, 3, 4, 6]
+    source.close()
+
+
+def test_a_database_too_large_for_memory_is_read_from_the_database_every_time(tmp_path, monkeypatch):
+    from datasets import random_images, write_lmdb
+
+    from server.sources import LmdbSource, row_cache
+
+    monkeypatch.setattr(row_cache, "ROWS_IN_MEMORY_BYTES", 10 * (6 + 4) - 1)
+    images = random_images(10, (1, 2, 3))
+    source = LmdbSource(str(write_lmdb(tmp_path / "db", images, range(10))))
+    source.open()
+    for _ in range(2):
+        blocks, rest = source.read_many(np.arange(10))
+        assert rest.tolist() == [] and np.array_equal(blocks[0].arrays["data"], images)
+    assert source._rows is None
+    source.close()
+
+
 WRITER = """
 import sys, lmdb
 env = lmdb.open(sys.argv[1], map_size=1 << 30)

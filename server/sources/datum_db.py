@@ -33,6 +33,7 @@ from server.caffe_proto import Datum
 from server.decode import COLOR_NATIVE, decode_image
 from server.sources.base import BlockRead, Sample, SampleBlock, Source, SourceError, image_sample
 from server.sources.raw_datums import parse_raw_datums
+from server.sources.row_cache import RowCache
 
 
 class DatumDbSource(Source):
@@ -48,6 +49,8 @@ class DatumDbSource(Source):
         self.color = color
         self._count = count
         self._keys: List[bytes] = []
+        self._rows: Optional[RowCache] = None  # made in a worker by its first raw read (``_keep``)
+        self._rows_decided = False
         if not count:
             raise SourceError("%s %s holds no records" % (self.kind, path))
 
@@ -79,11 +82,35 @@ class DatumDbSource(Source):
         return datum_sample(value, self.color)
 
     def read_many(self, indices: np.ndarray) -> BlockRead:
-        """Raw Datums of a common layout in blocks; the rest (encoded, float_data,
-        odd or missing records) left to ``read``."""
-        blocks, rest = parse_raw_datums(self._get_many(self._key_list(indices.tolist())))
-        return [SampleBlock(b.positions, {"data": b.images, "label": b.labels.astype(np.float32)})
-                for b in blocks], rest
+        """Raw Datums of a common layout in blocks, from this process's ``RowCache`` where it
+        holds them (NOTE [ Raw Datums in memory ]); the rest (encoded, float_data, odd or
+        missing records) left to ``read``."""
+        blocks = []
+        unread = np.arange(len(indices))
+        if self._rows is not None:
+            held = self._rows.held[indices]
+            if held.any():
+                chosen = indices[held]
+                blocks.append(SampleBlock(np.flatnonzero(held), {"data": self._rows.images[chosen],
+                                                                 "label": self._rows.labels[chosen]}))
+                unread = np.flatnonzero(~held)
+        if not len(unread):
+            return blocks, unread
+        parsed, rest = parse_raw_datums(self._get_many(self._key_list(indices[unread].tolist())))
+        for block in parsed:
+            labels = block.labels.astype(np.float32)
+            self._keep(indices[unread[block.positions]], block.images, labels)
+            blocks.append(SampleBlock(unread[block.positions], {"data": block.images, "label": labels}))
+        return blocks, unread[rest]
+
+    def _keep(self, indices: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        """Hold parsed rows in this process's ``RowCache``, made for the first image shape read
+        if the database is small enough."""
+        if not self._rows_decided:
+            self._rows = RowCache.for_database(self._count, images.shape[1:])
+            self._rows_decided = True
+        if self._rows is not None and images.shape[1:] == self._rows.shape:
+            self._rows.store(indices, images, labels)
 
 
 
