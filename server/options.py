@@ -27,7 +27,7 @@ from server.transform import TEST, TRAIN
 DEFAULT_BIND = "tcp://*:5555"
 MIN_ZSTD_LEVEL, MAX_ZSTD_LEVEL = -20, 22
 SEED_LIMIT = 2**64  # seeds are 0 .. 2**64 - 1
-DEFAULT_MAX_BATCHES_PER_MESSAGE = 16  # NOTE [ Batches per message ] in server/assembly.py
+DEFAULT_MAX_BATCHES_PER_MESSAGE = 64  # NOTE [ Batches per message ] in server/assembly.py
 
 # Variable -> option. Empty variables are ignored.
 ENVIRONMENT = {

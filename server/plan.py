@@ -77,6 +77,7 @@ class EpochPlan:
         self.local_size = shard.size_of(dataset_size)
         self._cached_epoch = -1
         self._cached_order = np.arange(dataset_size, dtype=np.int64)
+        self._cached_order.setflags(write=False)  # handed out as it is: nobody may change it
 
     @property
     def total_positions(self) -> Optional[int]:
@@ -92,7 +93,7 @@ class EpochPlan:
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Dataset indices in the order epoch ``epoch`` visits them."""
         if not self.shuffle:
-            return np.arange(self.dataset_size, dtype=np.int64)
+            return self._cached_order  # key order, made once
         if epoch != self._cached_epoch:
             rng = np.random.Generator(np.random.PCG64([self.seed, _PERMUTATION_STREAM, epoch]))
             order = self.shuffled_order(rng) if self.shuffled_order else rng.permutation(self.dataset_size)

@@ -73,7 +73,11 @@ POLL_IDLE_MS = 100
 POLL_RELEASE_MS = 2
 TASKS_PER_WORKER = 2
 MIN_SLOTS = 2
-SEND_QUEUE_SLOTS = 8
+SEND_QUEUE_BATCHES = 8
+# A slot handed to ZeroMQ comes back only once its message is written into the kernel and
+# pyzmq's collector thread has said so: with fewer send slots than this, workers wait for
+# that round trip at every message of many small batches.
+MIN_SEND_SLOTS = 3
 MAX_DEATHS_WITHOUT_PROGRESS = 5
 # NOTE [ Batches per message ] (assembly.py): small batches go out together, in messages of about
 # this size (and at most --max-batches-per-message batches): enough to pay the per-message work
@@ -84,14 +88,15 @@ TERM_MARGIN_S = 1.0  # closing ZeroMQ may take the socket's linger and this
 
 
 def slot_count_for(slot_bytes: int, workers: int, max_inflight_mb: float, batches_per_slot: int = 1) -> int:
-    """Enough slots to keep every worker busy and ``SEND_QUEUE_SLOTS`` batches ready to send,
+    """Enough slots to keep every worker busy and ``SEND_QUEUE_BATCHES`` batches (in at least
+    ``MIN_SEND_SLOTS`` messages) ready to send,
     within the memory budget (but never fewer than ``MIN_SLOTS``); more would only add memory
     (and, with bad samples, push their replacements further down the stream)."""
     return max(MIN_SLOTS, min(_wanted_slots(workers, batches_per_slot), int(max_inflight_mb * 2**20 // slot_bytes)))
 
 
 def _wanted_slots(workers: int, batches_per_slot: int) -> int:
-    return TASKS_PER_WORKER * workers + -(-SEND_QUEUE_SLOTS // batches_per_slot)
+    return TASKS_PER_WORKER * workers + max(MIN_SEND_SLOTS, -(-SEND_QUEUE_BATCHES // batches_per_slot))
 
 
 def batches_per_message_for(batch_specs: List[wire.ArraySpec], batch_slot_bytes: int, workers: int,
