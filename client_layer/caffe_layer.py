@@ -33,7 +33,7 @@ import caffe
 from client_layer import host_sigint
 from client_layer.layer_metrics import LayerMetricsServer
 from client_layer.receiver import DEFAULT_PREFETCH, DEFAULT_TIMEOUT_S, BatchClient, ReceiveInterrupted
-from client_layer.wire import Batch
+from client_layer.batch import Batch
 
 log = logging.getLogger("zfeed.layer")
 

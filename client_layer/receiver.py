@@ -34,7 +34,9 @@ import zmq.auth
 from zmq.utils import z85
 
 from client_layer import wire
+from client_layer.batch import Batch
 from client_layer.connection_guard import ConnectionGuard
+from client_layer.wire_errors import CodecMissingError
 
 log = logging.getLogger("zfeed.client")
 
@@ -127,7 +129,7 @@ class BatchClient:
         self._logged_causes: Set[str] = set()
         self.batches_received = 0
         self.samples_received = 0
-        self._received: Deque[wire.Batch] = deque()  # the rest of the last message's batches
+        self._received: Deque[Batch] = deque()  # the rest of the last message's batches
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PULL)
         _open_clients.add(self)
@@ -192,7 +194,7 @@ class BatchClient:
                     % (waited, self.endpoints, self.rejected, self.last_rejection))
         return "no batch within %.1f s (%s): %s" % (waited, self.endpoints, hint)
 
-    def receive(self, stop_requested: Optional[Callable[[], bool]] = None) -> wire.Batch:
+    def receive(self, stop_requested: Optional[Callable[[], bool]] = None) -> Batch:
         """The next valid batch. Raises ``NoDataError`` after ``timeout_s`` without one,
         and ``ReceiveInterrupted`` when ``stop_requested()`` turns true while it waits
         (checked every ``POLL_SLICE_S``).
@@ -217,7 +219,7 @@ class BatchClient:
                     self._guard.took(size, len(frames))
                     try:
                         batches = wire.decode_batch(frames, self.max_batch_bytes).split()
-                    except wire.CodecMissingError as exc:
+                    except CodecMissingError as exc:
                         if not self.batches_received:
                             raise StreamSetupError("the data server (%s) compresses its batches: %s"
                                                    % (self.endpoints, exc)) from None
@@ -240,7 +242,7 @@ class BatchClient:
         finally:
             self.wait_s += time.monotonic() - started
 
-    def _count(self, batch: wire.Batch) -> wire.Batch:
+    def _count(self, batch: Batch) -> Batch:
         self.batches_received += 1
         self.samples_received += batch.size
         return batch
@@ -263,7 +265,7 @@ class BatchClient:
     def __iter__(self) -> "BatchClient":
         return self
 
-    def __next__(self) -> wire.Batch:
+    def __next__(self) -> Batch:
         return self.receive()
 
     def close(self) -> None:

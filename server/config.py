@@ -24,6 +24,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from client_layer import wire
+from client_layer.compression import Codec
 from server.batch_buffer import slot_bytes_for
 from server.batch_layout import BatchLayout
 from server.caffe_proto import read_mean_binaryproto
@@ -62,9 +63,9 @@ class ServerConfig(DataSpec):
     wire_format: str
     compress: Optional[Tuple[str, Optional[int]]]  # (codec, zstd level)
 
-    def codec(self) -> Optional[wire.Codec]:
+    def codec(self) -> Optional[Codec]:
         """The codec of ``--compress``, or None to send frames raw."""
-        return wire.Codec(*self.compress) if self.compress else None
+        return Codec(*self.compress) if self.compress else None
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> ServerConfig:
@@ -94,7 +95,7 @@ def _config_of(argv: List[str]) -> ServerConfig:
             raise ConfigError(str(exc)) from None
     if args.compress:
         try:
-            wire.Codec(*args.compress)
+            Codec(*args.compress)
         except wire.WireError as exc:
             raise ConfigError("--compress: %s" % exc) from None
     if args.state_dir and not os.path.isdir(args.state_dir):

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from client_layer import wire
+from client_layer.compression import Codec
 from server.assembly import PackedLengths, PackTask, RowTask, Task
 from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout, RowWriter
@@ -55,7 +56,7 @@ class WorkerSetup:
     progress: Any  # shared int64 array, one cell per worker: the index being read, or IDLE
     parent_pid: int
     specs: List[wire.ArraySpec]  # the arrays of a full slot
-    codec: Optional[wire.Codec]  # compresses slots for PackTasks
+    codec: Optional[Codec]  # compresses slots for PackTasks
 
 
 def _die_with_parent() -> None:
