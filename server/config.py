@@ -224,9 +224,10 @@ def _open_checked_source(config: ServerConfig):
     return source, first
 
 
-def _batch_specs(config: ServerConfig, layout: BatchLayout, batch_size: int) -> List[wire.ArraySpec]:
+def _layout(config: ServerConfig, first: dict, params: Optional[TransformParams]) -> BatchLayout:
+    """The batch layout of samples like ``first``; ConfigError if no trainer could receive them."""
     try:
-        return [wire.array_spec(name, dtype, shape) for name, dtype, shape in layout.batch_arrays(batch_size)]
+        return BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto")
     except wire.WireError as exc:
         raise ConfigError("%s %s: %s, so no trainer could receive it: make the samples smaller "
                           "(--crop-size, --new-height/--new-width)" % (config.names["source"], config.source, exc)) from None
@@ -234,7 +235,7 @@ def _batch_specs(config: ServerConfig, layout: BatchLayout, batch_size: int) -> 
 
 def _header(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Tuple[bytes, List[wire.ArraySpec]]:
     """The longest header a batch of ``batch_size`` can have, and the batch's specs."""
-    specs = _batch_specs(config, layout, batch_size)
+    specs = layout.batch_specs(batch_size)
     return wire.encode_header(config.stream_id, _LARGEST_SEQ, specs, np.zeros(batch_size, np.int64),
                               np.zeros(batch_size, np.int32), layout.wire_extra(),
                               config.compress[0] if config.compress else None), specs
@@ -277,7 +278,7 @@ def _check_memory(config: ServerConfig, specs: List[wire.ArraySpec]) -> None:
     """``--max-inflight-mb`` must hold the slots the supervisor allocates (server/supervisor.py)."""
     # Imported here: server.supervisor imports this module.
     from server.supervisor import slot_count_for
-    slot_bytes = slot_bytes_for([(s.name, s.dtype, s.shape) for s in specs], packed=config.compress is not None)
+    slot_bytes = slot_bytes_for(specs, packed=config.compress is not None)
     slots = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb)
     if slots * slot_bytes > config.max_inflight_mb * 2**20:
         minimum_mb = math.ceil(slots * slot_bytes / 2**20 * 1000) / 1000
@@ -302,7 +303,7 @@ def _check_shard(config: ServerConfig, dataset_size: int) -> None:
 def _deliverable(config: ServerConfig, source, layout: BatchLayout) -> PreparedData:
     """``source`` and ``layout`` with their wire specs, once batches of them are known to be deliverable."""
     _check_shard(config, len(source))
-    specs = _batch_specs(config, layout, config.batch_size)
+    specs = layout.batch_specs(config.batch_size)
     _check_header(config, layout)
     _check_memory(config, specs)
     return PreparedData(source, layout, specs)
@@ -317,7 +318,7 @@ def prepare(config: ServerConfig) -> PreparedData:
             raise ConfigError("%s: the samples of %s have no C x H x W 'data' image to transform (they have %s)"
                               % (config.names["transform"], config.source,
                                  ", ".join("%s %s" % (k, np.shape(v)) for k, v in first.items())))
-        return _deliverable(config, source, BatchLayout.from_sample(first, None))
+        return _deliverable(config, source, _layout(config, first, None))
     image_shape = tuple(int(d) for d in image.shape)
     channels, height, width = image_shape
     if config.crop_size > min(height, width):
@@ -327,5 +328,4 @@ def prepare(config: ServerConfig) -> PreparedData:
                              min(height, width)))
     params = TransformParams(phase=config.phase, crop_size=config.crop_size, mirror=config.mirror,
                              scale=config.scale, mean=_mean_array(config, image_shape))
-    return _deliverable(config, source,
-                        BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto"))
+    return _deliverable(config, source, _layout(config, first, params))

@@ -124,16 +124,14 @@ class DataServer:
         batch_specs = prepared.specs
         self.batch_bytes = sum(s.nbytes for s in batch_specs)
         self.codec = config.codec()
-        batch_slot_bytes = slot_bytes_for([(s.name, s.dtype, s.shape) for s in batch_specs], self.codec is not None)
+        batch_slot_bytes = slot_bytes_for(batch_specs, self.codec is not None)
         self.batches_per_message = batches_per_message_for(batch_specs, batch_slot_bytes, config.workers,
                                                            config.max_inflight_mb, config.max_batches_per_message)
         # The arrays of a slot: one message's batches.
-        self.specs = [wire.array_spec(name, dtype, shape) for name, dtype, shape
-                      in prepared.layout.batch_arrays(config.batch_size * self.batches_per_message)]
-        layout = [(s.name, s.dtype, s.shape) for s in self.specs]
-        slot_bytes = slot_bytes_for(layout, packed=self.codec is not None)
+        self.specs = prepared.layout.batch_specs(config.batch_size * self.batches_per_message)
+        slot_bytes = slot_bytes_for(self.specs, packed=self.codec is not None)
         slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
-        self.slots = BatchSlots(layout, slot_count, packed=self.codec is not None)
+        self.slots = BatchSlots(self.specs, slot_count, packed=self.codec is not None)
         # A stack: the most recently released slot is reused first, so idle slots stay untouched pages.
         self.free_slots: List[int] = list(range(slot_count - 1, -1, -1))
         self.resume = ResumeState.for_config(config, len(prepared.source))

@@ -112,8 +112,7 @@ def pack_slot(setup: WorkerSetup, task: PackTask) -> PackedLengths:
     arrays, packed = setup.slots.arrays(task.slot), setup.slots.packed(task.slot)
     lengths = {}
     for spec in setup.specs:
-        message_spec = wire.array_spec(spec.name, spec.dtype, (task.rows,) + spec.shape[1:])
-        lengths[spec.name] = wire.pack_frames(setup.codec, message_spec, arrays[spec.name][:task.rows],
+        lengths[spec.name] = wire.pack_frames(setup.codec, spec.with_rows(task.rows), arrays[spec.name][:task.rows],
                                               packed[spec.name])
     return lengths
 
@@ -133,8 +132,7 @@ def probe_main(setup: WorkerSetup, index: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup.source.open()
     try:
-        batch = {name: np.zeros(shape, dtype) for name, dtype, shape in setup.layout.batch_arrays(1)}
-        writer = RowWriter(setup.layout, batch, np.zeros((1, DRAWS_PER_SAMPLE)))
+        writer = RowWriter(setup.layout, setup.layout.zeros(1), np.zeros((1, DRAWS_PER_SAMPLE)))
         writer.write(0, 0, setup.source.read(index))
         writer.finish()
     finally:
