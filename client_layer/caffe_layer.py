@@ -238,7 +238,6 @@ class ZmqDataLayer(caffe.Layer):
         for i, name in enumerate(self.params.tops):
             batch.copy_into(name, top[i].data)
         self.last_batch_indices = batch.indices
-        self.last_batch_epochs = batch.epochs
         self.forward_count += 1
         self._maybe_report()
 

@@ -171,7 +171,7 @@ class DataServer:
         """Take every answer waiting on ``handle``'s pipe, then deal with its death if it died."""
         while handle.connection.poll():
             try:
-                _kind, task_id, answer = handle.connection.recv()
+                task_id, answer = handle.connection.recv()
             except (EOFError, OSError):
                 break
             task = handle.outstanding.pop(task_id)

@@ -2,12 +2,12 @@
 
 A worker receives ``RowTask``s from the supervisor on its own pipe, reads and
 transforms each sample straight into its row of the batch's shared-memory
-slot, and answers ``(DONE, task_id, bad_rows)`` on the same pipe, where
+slot, and answers ``(task_id, bad_rows)`` on the same pipe, where
 ``bad_rows`` maps a row to the reason its sample could not be used. Before
 each sample it writes the sample's index into its cell of ``progress``, so
 that if it dies the supervisor knows which sample it was on. For a
 ``PackTask`` it compresses the filled slot's frames into the slot's packed
-room and answers ``(DONE, task_id, packed_lengths)``.
+room and answers ``(task_id, packed_lengths)``.
 
 ``probe_main`` reads one suspect sample alone in a disposable process.
 
@@ -40,8 +40,6 @@ from server.transform import DRAWS_PER_SAMPLE
 PARENT_CHECK_S = 0.5
 IDLE = -1
 _PR_SET_PDEATHSIG = 1
-
-DONE = "done"
 
 
 @dataclass
@@ -157,6 +155,6 @@ def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
                 return
             if task is None:
                 return
-            connection.send((DONE, task.task_id, run_task(setup, task)))
+            connection.send((task.task_id, run_task(setup, task)))
     finally:
         setup.source.close()
