@@ -30,12 +30,11 @@ from collections import deque
 from typing import Callable, Deque, List, Optional, Sequence, Set, Union
 
 import zmq
-import zmq.auth
-from zmq.utils import z85
 
 from client_layer import wire
 from client_layer.batch import Batch
 from client_layer.connection_guard import ConnectionGuard
+from client_layer.curve_keys import CurveKeyError, load_key_pair, load_public_key
 from client_layer.wire_errors import CodecMissingError
 
 log = logging.getLogger("zfeed.client")
@@ -83,18 +82,6 @@ class ReceiveInterrupted(Exception):
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_z85_key(key: bytes, path: str, what: str) -> None:
-    """ValueError naming ``path`` unless ``key`` is a 40-character Z85 CURVE key."""
-    try:
-        valid = len(key) == 40 and len(z85.decode(key)) == 32
-    except (ValueError, KeyError, TypeError):  # z85.decode fails on characters outside Z85
-        valid = False
-    if not valid:
-        raise ValueError("the %s key in %s is not a 40-character Z85 CURVE key (it has %d characters): "
-                         "the file is truncated or not a key file; make keys with "
-                         "python -m server.tools.keygen" % (what, path, len(key)))
 
 
 def _as_list(endpoints: Endpoints) -> List[str]:
@@ -156,16 +143,11 @@ class BatchClient:
             self.close()
             raise ValueError("CURVE needs both this trainer's secret key file and the server's public key file")
         try:
-            public, secret = zmq.auth.load_certificate(secret_key_file)
-            server_public, _ = zmq.auth.load_certificate(server_key_file)
-            if secret is None:
-                raise ValueError("%s holds no secret key: give this trainer's .key_secret file" % secret_key_file)
-            for key, path, what in ((public, secret_key_file, "public"), (secret, secret_key_file, "secret"),
-                                    (server_public, server_key_file, "public")):
-                _check_z85_key(key, path, what)
-        except (OSError, ValueError) as exc:
+            public, secret = load_key_pair(secret_key_file)
+            server_public = load_public_key(server_key_file)
+        except CurveKeyError:  # a ValueError naming the file
             self.close()
-            raise ValueError("cannot use CURVE key: %s" % exc) from None
+            raise
         self._socket.curve_secretkey = secret
         self._socket.curve_publickey = public
         self._socket.curve_serverkey = server_public

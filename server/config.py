@@ -25,17 +25,18 @@ import numpy as np
 
 from client_layer import wire
 from client_layer.compression import Codec
+from client_layer.curve_keys import CurveKeyError
 from server.batch_buffer import slot_bytes_for
 from server.batch_layout import BatchLayout
 from server.caffe_proto import read_mean_binaryproto
-from server.curve import CurveError, CurveServer
+from server.curve import CurveServer
 from server.data_options import DataOptionError, DataSpec, data_spec
+from server.endpoints import MAX_PORT, endpoint_problem
 from server.options import DEFAULT_BIND, SEED_LIMIT, ConfigError, build_parser, environment_arguments
 from server.plan import Shard
 from server.sources import SelectedArrays, SourceError, SourceOptions, open_source
 from server.transform import TRAIN, TransformParams
 
-MAX_PORT = 65535
 _LARGEST_SEQ = 2**63 - 1  # the longest sequence number a header can carry
 
 
@@ -88,10 +89,12 @@ def _config_of(argv: List[str]) -> ServerConfig:
         raise ConfigError("--force-color and --force-gray are both set: choose one")
     if args.allow_client_key and not args.curve_secret_key:
         raise ConfigError("--allow-client-key needs --curve-secret-key (the server's own key)")
+    if args.curve_secret_key and not args.allow_client_key:
+        raise ConfigError("--curve-secret-key needs at least one --allow-client-key (a trainer's public key file)")
     if args.curve_secret_key:
         try:
             CurveServer(args.curve_secret_key, args.allow_client_key)
-        except CurveError as exc:
+        except CurveKeyError as exc:
             raise ConfigError(str(exc)) from None
     if args.compress:
         try:
@@ -153,14 +156,9 @@ def _check_values(config: ServerConfig) -> None:
 
 
 def _check_endpoint(option: str, endpoint: str) -> None:
-    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
-        return
-    # tcp://HOST:PORT, or for --connect tcp://SOURCE;HOST:PORT; HOST may be [IPv6] or an interface.
-    host, colon, port = endpoint[len("tcp://"):].rpartition(";")[2].rpartition(":")
-    if (not endpoint.startswith("tcp://") or not colon or not host or not port.isdigit()
-            or not 1 <= int(port) <= MAX_PORT):
-        raise ConfigError("%s %s: expected tcp://HOST:PORT with a port from 1 to %d (or ipc://PATH)"
-                          % (option, endpoint, MAX_PORT))
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise ConfigError("%s %s: %s" % (option, endpoint, problem))
 
 
 @dataclass
