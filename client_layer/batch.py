@@ -18,7 +18,7 @@ import numpy as np
 from client_layer.caffe_arithmetic import finish_pixels
 
 if TYPE_CHECKING:
-    from client_layer.wire import ArraySpec
+    from client_layer.frames import ArraySpec
 
 
 class Batch:
