@@ -52,6 +52,7 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from client_layer import wire
+from client_layer.batch import Batch
 from client_layer.caffe_layer import ZmqDataLayer
 
 BATCH = 64
@@ -327,7 +328,7 @@ def layer_times(args) -> dict:
     return {"net": NETS[args.net][1], "layers": names, "types": [layer.type for layer in net.layers], "ms": ms}
 
 
-def _received(frames) -> wire.Batch:
+def _received(frames) -> Batch:
     """A batch as the layer gets it: frames in fresh buffers, viewed without copies."""
     return wire.decode_batch([bytes(frame) for frame in frames], MAX_BATCH_BYTES)
 

@@ -70,7 +70,7 @@ class ServedStream:
         self._first = True
 
     def next_batch(self):
-        """The next batch (a ``client_layer.wire.Batch``); raises if the server died or went silent."""
+        """The next batch (a ``client_layer.batch.Batch``); raises if the server died or went silent."""
         try:
             batch = self.client.receive()
         except TimeoutError:

@@ -96,7 +96,7 @@ def send_zfeed(port: int, shape: MessageShape) -> None:
 
     specs = batch_specs(shape)
     count = slot_count(shape)
-    slots = BatchSlots([(s.name, s.dtype, s.shape) for s in specs], count)
+    slots = BatchSlots(specs, count)
     for slot in range(count):
         arrays = slots.arrays(slot)
         arrays["data"][...] = slot

@@ -7,7 +7,8 @@ Runs on Python 3.8 to 3.13 with numpy, pyzmq and msgpack only.
 """
 
 from client_layer.receiver import BatchClient, NoDataError
-from client_layer.wire import Batch, WireError
+from client_layer.batch import Batch
+from client_layer.wire import WireError
 
 __all__ = ["Batch", "BatchClient", "NoDataError", "WireError", "ZmqDataLayer"]
 

@@ -33,7 +33,7 @@ import caffe
 from client_layer import host_sigint
 from client_layer.layer_metrics import LayerMetricsServer
 from client_layer.receiver import DEFAULT_PREFETCH, DEFAULT_TIMEOUT_S, BatchClient, ReceiveInterrupted
-from client_layer.wire import Batch
+from client_layer.batch import Batch
 
 log = logging.getLogger("zfeed.layer")
 
@@ -238,7 +238,6 @@ class ZmqDataLayer(caffe.Layer):
         for i, name in enumerate(self.params.tops):
             batch.copy_into(name, top[i].data)
         self.last_batch_indices = batch.indices
-        self.last_batch_epochs = batch.epochs
         self.forward_count += 1
         self._maybe_report()
 

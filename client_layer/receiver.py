@@ -30,11 +30,12 @@ from collections import deque
 from typing import Callable, Deque, List, Optional, Sequence, Set, Union
 
 import zmq
-import zmq.auth
-from zmq.utils import z85
 
 from client_layer import wire
+from client_layer.batch import Batch
 from client_layer.connection_guard import ConnectionGuard
+from client_layer.curve_keys import CurveKeyError, load_key_pair, load_public_key
+from client_layer.wire_errors import CodecMissingError
 
 log = logging.getLogger("zfeed.client")
 
@@ -83,18 +84,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_z85_key(key: bytes, path: str, what: str) -> None:
-    """ValueError naming ``path`` unless ``key`` is a 40-character Z85 CURVE key."""
-    try:
-        valid = len(key) == 40 and len(z85.decode(key)) == 32
-    except (ValueError, KeyError, TypeError):  # z85.decode fails on characters outside Z85
-        valid = False
-    if not valid:
-        raise ValueError("the %s key in %s is not a 40-character Z85 CURVE key (it has %d characters): "
-                         "the file is truncated or not a key file; make keys with "
-                         "python -m server.tools.keygen" % (what, path, len(key)))
-
-
 def _as_list(endpoints: Endpoints) -> List[str]:
     if endpoints is None:
         return []
@@ -127,7 +116,7 @@ class BatchClient:
         self._logged_causes: Set[str] = set()
         self.batches_received = 0
         self.samples_received = 0
-        self._received: Deque[wire.Batch] = deque()  # the rest of the last message's batches
+        self._received: Deque[Batch] = deque()  # the rest of the last message's batches
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PULL)
         _open_clients.add(self)
@@ -154,16 +143,11 @@ class BatchClient:
             self.close()
             raise ValueError("CURVE needs both this trainer's secret key file and the server's public key file")
         try:
-            public, secret = zmq.auth.load_certificate(secret_key_file)
-            server_public, _ = zmq.auth.load_certificate(server_key_file)
-            if secret is None:
-                raise ValueError("%s holds no secret key: give this trainer's .key_secret file" % secret_key_file)
-            for key, path, what in ((public, secret_key_file, "public"), (secret, secret_key_file, "secret"),
-                                    (server_public, server_key_file, "public")):
-                _check_z85_key(key, path, what)
-        except (OSError, ValueError) as exc:
+            public, secret = load_key_pair(secret_key_file)
+            server_public = load_public_key(server_key_file)
+        except CurveKeyError:  # a ValueError naming the file
             self.close()
-            raise ValueError("cannot use CURVE key: %s" % exc) from None
+            raise
         self._socket.curve_secretkey = secret
         self._socket.curve_publickey = public
         self._socket.curve_serverkey = server_public
@@ -192,7 +176,7 @@ class BatchClient:
                     % (waited, self.endpoints, self.rejected, self.last_rejection))
         return "no batch within %.1f s (%s): %s" % (waited, self.endpoints, hint)
 
-    def receive(self, stop_requested: Optional[Callable[[], bool]] = None) -> wire.Batch:
+    def receive(self, stop_requested: Optional[Callable[[], bool]] = None) -> Batch:
         """The next valid batch. Raises ``NoDataError`` after ``timeout_s`` without one,
         and ``ReceiveInterrupted`` when ``stop_requested()`` turns true while it waits
         (checked every ``POLL_SLICE_S``).
@@ -217,7 +201,7 @@ class BatchClient:
                     self._guard.took(size, len(frames))
                     try:
                         batches = wire.decode_batch(frames, self.max_batch_bytes).split()
-                    except wire.CodecMissingError as exc:
+                    except CodecMissingError as exc:
                         if not self.batches_received:
                             raise StreamSetupError("the data server (%s) compresses its batches: %s"
                                                    % (self.endpoints, exc)) from None
@@ -240,7 +224,7 @@ class BatchClient:
         finally:
             self.wait_s += time.monotonic() - started
 
-    def _count(self, batch: wire.Batch) -> wire.Batch:
+    def _count(self, batch: Batch) -> Batch:
         self.batches_received += 1
         self.samples_received += batch.size
         return batch
@@ -263,7 +247,7 @@ class BatchClient:
     def __iter__(self) -> "BatchClient":
         return self
 
-    def __next__(self) -> wire.Batch:
+    def __next__(self) -> Batch:
         return self.receive()
 
     def close(self) -> None:

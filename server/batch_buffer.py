@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-ArrayLayout = Tuple[str, np.dtype, Tuple[int, ...]]
+from client_layer.wire import ArraySpec
 
 _ALIGN = 64
 
@@ -29,13 +29,13 @@ def _aligned(nbytes: int) -> int:
 
 
 class BatchSlots:
-    """``slot_count`` slots of the arrays in ``layout`` (name, dtype, batch shape),
+    """``slot_count`` slots of the arrays ``specs`` describe (a whole slot each),
     each with packed room for compressed frames when ``packed``."""
 
-    def __init__(self, layout: Sequence[ArrayLayout], slot_count: int, packed: bool = False):
-        self.layout = [(name, np.dtype(dtype), tuple(shape)) for name, dtype, shape in layout]
+    def __init__(self, specs: Sequence[ArraySpec], slot_count: int, packed: bool = False):
+        self.specs = list(specs)
         self.slot_count = slot_count
-        self.slot_bytes = slot_bytes_for(self.layout, packed)
+        self.slot_bytes = slot_bytes_for(self.specs, packed)
         self._mapping = mmap.mmap(-1, max(self.slot_bytes * slot_count, 1),
                                   flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self._views: List[Dict[str, np.ndarray]] = []
@@ -48,18 +48,17 @@ class BatchSlots:
 
     def _slot_views(self, offset: int, typed: bool) -> Tuple[Dict[str, np.ndarray], int]:
         views = {}
-        for name, dtype, shape in self.layout:
-            nbytes = int(np.prod(shape)) * dtype.itemsize
+        for spec in self.specs:
             if typed:
-                views[name] = np.frombuffer(self._mapping, dtype=dtype, count=nbytes // dtype.itemsize,
-                                            offset=offset).reshape(shape)
+                views[spec.name] = np.frombuffer(self._mapping, dtype=spec.dtype, offset=offset,
+                                                 count=spec.nbytes // spec.dtype.itemsize).reshape(spec.shape)
             else:
-                views[name] = np.frombuffer(self._mapping, dtype=np.uint8, count=nbytes, offset=offset)
-            offset += _aligned(nbytes)
+                views[spec.name] = np.frombuffer(self._mapping, dtype=np.uint8, count=spec.nbytes, offset=offset)
+            offset += _aligned(spec.nbytes)
         return views, offset
 
     def arrays(self, slot: int) -> Dict[str, np.ndarray]:
-        """The arrays of ``slot``, views into shared memory, in layout order."""
+        """The arrays of ``slot``, views into shared memory, in the order of ``specs``."""
         return self._views[slot]
 
     def packed(self, slot: int) -> Dict[str, np.ndarray]:
@@ -67,7 +66,7 @@ class BatchSlots:
         return self._packed[slot]
 
 
-def slot_bytes_for(layout: Sequence[ArrayLayout], packed: bool) -> int:
-    """Bytes of one slot of ``layout``, with packed room when ``packed``."""
-    arrays = sum(_aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize) for _, dtype, shape in layout)
+def slot_bytes_for(specs: Sequence[ArraySpec], packed: bool) -> int:
+    """Bytes of one slot of the arrays ``specs`` describe, with packed room when ``packed``."""
+    arrays = sum(_aligned(spec.nbytes) for spec in specs)
     return arrays * 2 if packed else arrays

@@ -5,7 +5,9 @@ source yields becomes a float32 batch array (Caffe's blobs are float), named
 as the source names it. For image sources the ``data`` array goes through
 Caffe's transform; every other array (``label``, HDF5 datasets) is copied as
 it is. A later sample whose arrays do not fit the layout is refused with a
-message that says what differs.
+message that says what differs. Each array is described by the wire's
+``ArraySpec``, the one description of a batch array on both sides.
+
 
 With ``pixels_on_wire`` and a transform the trainer can finish exactly
 (``transform.finish_on_trainer``), ``data`` holds the cropped, mirrored
@@ -15,11 +17,11 @@ here, and ``wire_extra`` tells the trainer the mean and scale to apply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from client_layer import wire
 from server.sources.base import consecutive_slice
 from server.transform import (Crops, TransformParams, choose_crops, crop_block_into, crop_into, finish_on_trainer,
                               output_shape, trainer_arithmetic, transform_block_into, transform_into)
@@ -28,17 +30,13 @@ TRANSFORMED = "data"
 BLOB_DTYPE = np.dtype(np.float32)
 
 
-@dataclass(frozen=True)
-class ArrayLayout:
-    name: str
-    sample_shape: Tuple[int, ...]
-    dtype: np.dtype = BLOB_DTYPE
-
-
 class BatchLayout:
-    """The arrays of a batch; ``transform`` applies to ``data`` when it is set."""
+    """The arrays of a batch; ``transform`` applies to ``data`` when it is set.
 
-    def __init__(self, arrays: List[ArrayLayout], transform: Optional[TransformParams],
+    ``arrays`` are the specs of a batch of one sample (``batch_specs`` gives them for any size).
+    """
+
+    def __init__(self, arrays: List[wire.ArraySpec], transform: Optional[TransformParams],
                  pixels_on_wire: bool = False):
         self.arrays = arrays
         self.transform = transform
@@ -47,7 +45,8 @@ class BatchLayout:
     @classmethod
     def from_sample(cls, sample: Dict[str, np.ndarray], transform: Optional[TransformParams],
                     pixels_on_wire: bool = False) -> "BatchLayout":
-        """``pixels_on_wire``: send uint8 pixels when the trainer can finish the transform exactly."""
+        """``pixels_on_wire``: send uint8 pixels when the trainer can finish the transform exactly.
+        WireError when a sample could not travel (one row larger than a frame)."""
         arrays = []
         pixels = False
         for name, value in sample.items():
@@ -57,7 +56,7 @@ class BatchLayout:
                 shape = output_shape(transform, *shape)
                 if pixels_on_wire and finish_on_trainer(transform, np.asarray(value).dtype):
                     dtype, pixels = np.dtype(np.uint8), True
-            arrays.append(ArrayLayout(name, shape, dtype))
+            arrays.append(wire.array_spec(name, dtype, (1,) + shape))
         return cls(arrays, transform, pixels)
 
     def wire_extra(self) -> Optional[dict]:
@@ -66,9 +65,13 @@ class BatchLayout:
             return None
         return {"finish": {TRANSFORMED: trainer_arithmetic(self.transform)}}
 
-    def batch_arrays(self, batch_size: int) -> List[Tuple[str, np.dtype, Tuple[int, ...]]]:
-        """(name, dtype, batch shape) of every array, in order."""
-        return [(a.name, a.dtype, (batch_size,) + a.sample_shape) for a in self.arrays]
+    def batch_specs(self, batch_size: int) -> List[wire.ArraySpec]:
+        """The spec of every array of a batch of ``batch_size`` rows, in order."""
+        return [a.with_rows(batch_size) for a in self.arrays]
+
+    def zeros(self, batch_size: int) -> Dict[str, np.ndarray]:
+        """A batch of ``batch_size`` rows of zeros, each array by name."""
+        return {s.name: np.zeros(s.shape, s.dtype) for s in self.batch_specs(batch_size)}
 
 
 # How RowWriter writes each array of a sample.
@@ -207,7 +210,7 @@ def _flip_buffer(layout: BatchLayout) -> Optional[np.ndarray]:
     return np.empty((height, width, channels), np.uint8)
 
 
-def _kind(layout: BatchLayout, array: ArrayLayout) -> str:
+def _kind(layout: BatchLayout, array: wire.ArraySpec) -> str:
     if layout.transform is not None and array.name == TRANSFORMED:
         return _IMAGE
     return _SCALAR if array.sample_shape == () else _ROW

@@ -55,6 +55,25 @@ def _message(proto, name, fields, enums=()):
     proto.message_type.add(name=name, field=fields, enum_type=list(enums))
 
 
+def _source_fields(batch_size_default):
+    """The fields that Caffe's DataParameter and ImageDataParameter both start with, alike."""
+    return [
+        _field("source", 1, _STRING),
+        _field("batch_size", 4, _UINT32, default=batch_size_default),
+        _field("rand_skip", 7, _UINT32, default="0"),
+    ]
+
+
+def _legacy_transform_fields():
+    """The deprecated transform fields that both parameters declare with the same numbers."""
+    return [
+        _field("scale", 2, _FLOAT, default="1"),
+        _field("mean_file", 3, _STRING),
+        _field("crop_size", 5, _UINT32, default="0"),
+        _field("mirror", 6, _BOOL, default="false"),
+    ]
+
+
 def _file_descriptor_proto():
     proto = descriptor_pb2.FileDescriptorProto(
         name="zfeed/caffe_subset.proto", package="caffe", syntax="proto2")
@@ -110,29 +129,19 @@ def _file_descriptor_proto():
         _field("force_gray", 7, _BOOL, default="false"),
     ])
     _message(proto, "DataParameter", [
-        _field("source", 1, _STRING),
-        _field("batch_size", 4, _UINT32),
-        _field("rand_skip", 7, _UINT32, default="0"),
+        *_source_fields(batch_size_default=None),
         _field("backend", 8, _ENUM, default="LEVELDB", type_name=".caffe.DataParameter.DB"),
-        _field("scale", 2, _FLOAT, default="1"),
-        _field("mean_file", 3, _STRING),
-        _field("crop_size", 5, _UINT32, default="0"),
-        _field("mirror", 6, _BOOL, default="false"),
+        *_legacy_transform_fields(),
         _field("force_encoded_color", 9, _BOOL, default="false"),
         _field("prefetch", 10, _UINT32, default="4"),
     ], [_enum("DB", [("LEVELDB", 0), ("LMDB", 1)])])
     _message(proto, "ImageDataParameter", [
-        _field("source", 1, _STRING),
-        _field("batch_size", 4, _UINT32, default="1"),
-        _field("rand_skip", 7, _UINT32, default="0"),
+        *_source_fields(batch_size_default="1"),
         _field("shuffle", 8, _BOOL, default="false"),
         _field("new_height", 9, _UINT32, default="0"),
         _field("new_width", 10, _UINT32, default="0"),
         _field("is_color", 11, _BOOL, default="true"),
-        _field("scale", 2, _FLOAT, default="1"),
-        _field("mean_file", 3, _STRING),
-        _field("crop_size", 5, _UINT32, default="0"),
-        _field("mirror", 6, _BOOL, default="false"),
+        *_legacy_transform_fields(),
         _field("root_folder", 12, _STRING, default=""),
     ])
     _message(proto, "HDF5DataParameter", [

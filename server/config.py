@@ -24,17 +24,19 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from client_layer import wire
+from client_layer.compression import Codec
+from client_layer.curve_keys import CurveKeyError
 from server.batch_buffer import slot_bytes_for
 from server.batch_layout import BatchLayout
 from server.caffe_proto import read_mean_binaryproto
-from server.curve import CurveError, CurveServer
+from server.curve import CurveServer
 from server.data_options import DataOptionError, DataSpec, data_spec
+from server.endpoints import MAX_PORT, endpoint_problem
 from server.options import DEFAULT_BIND, SEED_LIMIT, ConfigError, build_parser, environment_arguments
 from server.plan import Shard
 from server.sources import SelectedArrays, SourceError, SourceOptions, open_source
 from server.transform import TRAIN, TransformParams
 
-MAX_PORT = 65535
 _LARGEST_SEQ = 2**63 - 1  # the longest sequence number a header can carry
 
 
@@ -62,9 +64,9 @@ class ServerConfig(DataSpec):
     wire_format: str
     compress: Optional[Tuple[str, Optional[int]]]  # (codec, zstd level)
 
-    def codec(self) -> Optional[wire.Codec]:
+    def codec(self) -> Optional[Codec]:
         """The codec of ``--compress``, or None to send frames raw."""
-        return wire.Codec(*self.compress) if self.compress else None
+        return Codec(*self.compress) if self.compress else None
 
 
 def parse_config(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None) -> ServerConfig:
@@ -87,14 +89,16 @@ def _config_of(argv: List[str]) -> ServerConfig:
         raise ConfigError("--force-color and --force-gray are both set: choose one")
     if args.allow_client_key and not args.curve_secret_key:
         raise ConfigError("--allow-client-key needs --curve-secret-key (the server's own key)")
+    if args.curve_secret_key and not args.allow_client_key:
+        raise ConfigError("--curve-secret-key needs at least one --allow-client-key (a trainer's public key file)")
     if args.curve_secret_key:
         try:
             CurveServer(args.curve_secret_key, args.allow_client_key)
-        except CurveError as exc:
+        except CurveKeyError as exc:
             raise ConfigError(str(exc)) from None
     if args.compress:
         try:
-            wire.Codec(*args.compress)
+            Codec(*args.compress)
         except wire.WireError as exc:
             raise ConfigError("--compress: %s" % exc) from None
     if args.state_dir and not os.path.isdir(args.state_dir):
@@ -152,14 +156,9 @@ def _check_values(config: ServerConfig) -> None:
 
 
 def _check_endpoint(option: str, endpoint: str) -> None:
-    if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
-        return
-    # tcp://HOST:PORT, or for --connect tcp://SOURCE;HOST:PORT; HOST may be [IPv6] or an interface.
-    host, colon, port = endpoint[len("tcp://"):].rpartition(";")[2].rpartition(":")
-    if (not endpoint.startswith("tcp://") or not colon or not host or not port.isdigit()
-            or not 1 <= int(port) <= MAX_PORT):
-        raise ConfigError("%s %s: expected tcp://HOST:PORT with a port from 1 to %d (or ipc://PATH)"
-                          % (option, endpoint, MAX_PORT))
+    problem = endpoint_problem(endpoint)
+    if problem:
+        raise ConfigError("%s %s: %s" % (option, endpoint, problem))
 
 
 @dataclass
@@ -223,9 +222,10 @@ def _open_checked_source(config: ServerConfig):
     return source, first
 
 
-def _batch_specs(config: ServerConfig, layout: BatchLayout, batch_size: int) -> List[wire.ArraySpec]:
+def _layout(config: ServerConfig, first: dict, params: Optional[TransformParams]) -> BatchLayout:
+    """The batch layout of samples like ``first``; ConfigError if no trainer could receive them."""
     try:
-        return [wire.array_spec(name, dtype, shape) for name, dtype, shape in layout.batch_arrays(batch_size)]
+        return BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto")
     except wire.WireError as exc:
         raise ConfigError("%s %s: %s, so no trainer could receive it: make the samples smaller "
                           "(--crop-size, --new-height/--new-width)" % (config.names["source"], config.source, exc)) from None
@@ -233,7 +233,7 @@ def _batch_specs(config: ServerConfig, layout: BatchLayout, batch_size: int) -> 
 
 def _header(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Tuple[bytes, List[wire.ArraySpec]]:
     """The longest header a batch of ``batch_size`` can have, and the batch's specs."""
-    specs = _batch_specs(config, layout, batch_size)
+    specs = layout.batch_specs(batch_size)
     return wire.encode_header(config.stream_id, _LARGEST_SEQ, specs, np.zeros(batch_size, np.int64),
                               np.zeros(batch_size, np.int32), layout.wire_extra(),
                               config.compress[0] if config.compress else None), specs
@@ -276,7 +276,7 @@ def _check_memory(config: ServerConfig, specs: List[wire.ArraySpec]) -> None:
     """``--max-inflight-mb`` must hold the slots the supervisor allocates (server/supervisor.py)."""
     # Imported here: server.supervisor imports this module.
     from server.supervisor import slot_count_for
-    slot_bytes = slot_bytes_for([(s.name, s.dtype, s.shape) for s in specs], packed=config.compress is not None)
+    slot_bytes = slot_bytes_for(specs, packed=config.compress is not None)
     slots = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb)
     if slots * slot_bytes > config.max_inflight_mb * 2**20:
         minimum_mb = math.ceil(slots * slot_bytes / 2**20 * 1000) / 1000
@@ -301,7 +301,7 @@ def _check_shard(config: ServerConfig, dataset_size: int) -> None:
 def _deliverable(config: ServerConfig, source, layout: BatchLayout) -> PreparedData:
     """``source`` and ``layout`` with their wire specs, once batches of them are known to be deliverable."""
     _check_shard(config, len(source))
-    specs = _batch_specs(config, layout, config.batch_size)
+    specs = layout.batch_specs(config.batch_size)
     _check_header(config, layout)
     _check_memory(config, specs)
     return PreparedData(source, layout, specs)
@@ -316,7 +316,7 @@ def prepare(config: ServerConfig) -> PreparedData:
             raise ConfigError("%s: the samples of %s have no C x H x W 'data' image to transform (they have %s)"
                               % (config.names["transform"], config.source,
                                  ", ".join("%s %s" % (k, np.shape(v)) for k, v in first.items())))
-        return _deliverable(config, source, BatchLayout.from_sample(first, None))
+        return _deliverable(config, source, _layout(config, first, None))
     image_shape = tuple(int(d) for d in image.shape)
     channels, height, width = image_shape
     if config.crop_size > min(height, width):
@@ -326,5 +326,4 @@ def prepare(config: ServerConfig) -> PreparedData:
                              min(height, width)))
     params = TransformParams(phase=config.phase, crop_size=config.crop_size, mirror=config.mirror,
                              scale=config.scale, mean=_mean_array(config, image_shape))
-    return _deliverable(config, source,
-                        BatchLayout.from_sample(first, params, pixels_on_wire=config.wire_format == "auto"))
+    return _deliverable(config, source, _layout(config, first, params))

@@ -4,67 +4,21 @@ With ``--curve-secret-key`` the PUSH socket is a CURVE server: every byte on
 the wire is encrypted, and only trainers whose public keys were given with
 ``--allow-client-key`` complete the handshake. A refused trainer is logged
 (once per key) and receives nothing. ZeroMQ's ZAP handler runs in a thread of
-the supervisor (pyzmq's ThreadAuthenticator).
+the supervisor (pyzmq's ThreadAuthenticator). Key files are read as the layer reads them
+(``client_layer/curve_keys.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-from typing import List, Optional, Set, Tuple
+from typing import List, Optional, Set
 
 import zmq
-import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils import z85
+
+from client_layer.curve_keys import load_key_pair, load_public_key
 
 log = logging.getLogger("zfeed.server")
-
-
-class CurveError(ValueError):
-    """A key file cannot be used; the message names it."""
-
-
-KEY_CHARACTERS = 40  # a 32-byte CURVE key in Z85 text
-
-
-def _checked_key(path: str, which: str, text: bytes) -> bytes:
-    """``text`` if it is a Z85 CURVE key; CurveError naming ``path`` otherwise."""
-    if len(text) != KEY_CHARACTERS:
-        raise CurveError("CURVE key file %s: its %s is %d characters, a key is %d (is the file cut short?): "
-                         "make keys with python -m server.tools.keygen" % (path, which, len(text), KEY_CHARACTERS))
-    try:
-        z85.decode(text)
-    except (ValueError, KeyError, struct.error):
-        raise CurveError("CURVE key file %s: its %s holds characters that are not Z85 text: "
-                         "make keys with python -m server.tools.keygen" % (path, which)) from None
-    return text
-
-
-def _read_certificate(path: str) -> Tuple[bytes, Optional[bytes]]:
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise CurveError("cannot read CURVE key %s: %s (make keys with python -m server.tools.keygen)"
-                         % (path, exc)) from None
-    return _checked_key(path, "public-key", public), secret
-
-
-def load_public_key(path: str) -> bytes:
-    """The public key in the key file ``path``; CurveError naming the file if it is unusable."""
-    return _read_certificate(path)[0]
-
-
-def load_key_pair(path: str) -> Tuple[bytes, bytes]:
-    """(public, secret) from a ``.key_secret`` file; CurveError naming the file if unusable."""
-    public, secret = _read_certificate(path)
-    if secret is None:
-        raise CurveError("%s holds no secret key: give the .key_secret file" % path)
-    _checked_key(path, "secret-key", secret)
-    if zmq.curve_public(secret) != public:
-        raise CurveError("CURVE key file %s: its public and secret keys do not match (an edited file?): "
-                         "make keys with python -m server.tools.keygen" % path)
-    return public, secret
 
 
 class AllowedKeys:
@@ -87,8 +41,7 @@ class CurveServer:
     """Makes sockets CURVE servers that admit only the allowed trainers."""
 
     def __init__(self, secret_key_file: str, allowed_key_files: List[str]):
-        if not allowed_key_files:
-            raise CurveError("--curve-secret-key needs at least one --allow-client-key")
+        """Loads the keys (``curve_keys``): CurveKeyError naming a file that cannot be used."""
         self.public, self.secret = load_key_pair(secret_key_file)
         self.allowed = AllowedKeys({load_public_key(path) for path in allowed_key_files})
         self._authenticator: Optional[ThreadAuthenticator] = None

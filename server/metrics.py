@@ -24,7 +24,6 @@ class ServerMetrics:
     def __init__(self, port: int, stream_id: str, bind_address: str = "0.0.0.0"):
         self.registry = CollectorRegistry()
         labels = {"stream": stream_id}
-        self._labels = labels
 
         def counter(name, text):
             return Counter(name, text, list(labels), registry=self.registry).labels(**labels)

@@ -19,7 +19,7 @@ import socket
 import zlib
 from typing import List, Mapping, Optional, Tuple
 
-from client_layer import wire
+from client_layer.compression import CODECS, DEFAULT_ZSTD_LEVEL
 from server.data_options import DEFAULTS as DATA_DEFAULTS, add_arguments as add_data_arguments
 from server.plan import Shard
 from server.transform import TEST, TRAIN
@@ -131,8 +131,8 @@ def _compress(text: str) -> Optional[Tuple[str, Optional[int]]]:
     name, sep, level = text.partition(":")
     if name == "off" and not sep:
         return None
-    if name not in wire.CODECS:
-        raise argparse.ArgumentTypeError("expected off, %s or zstd:LEVEL, got %r" % (", ".join(wire.CODECS), text))
+    if name not in CODECS:
+        raise argparse.ArgumentTypeError("expected off, %s or zstd:LEVEL, got %r" % (", ".join(CODECS), text))
     if not sep:
         return name, None
     if name != "zstd":
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compress batches for slow links (default: off). zstd (level %d by default) "
                             "shrinks real crops about 1.3x at about 1.5 GB/s per worker core: worth it where "
                             "the network, not the server, is the limit (1 Gbit/s links); the trainer "
-                            "decompresses" % wire.DEFAULT_ZSTD_LEVEL)
+                            "decompresses" % DEFAULT_ZSTD_LEVEL)
     security = parser.add_argument_group("security (CURVE: encryption and trainer authentication)")
     security.add_argument("--curve-secret-key", default="",
                           help="this server's .key_secret file (python -m server.tools.keygen)")

@@ -45,6 +45,7 @@ class Shard:
         return len(range(self.index, dataset_size, self.count))
 
 
+@dataclass(eq=False)
 class EpochPlan:
     """The infinite (or ``epochs``-long) sequence of batches over ``dataset_size`` samples.
 
@@ -55,28 +56,28 @@ class EpochPlan:
     depend on the shard, so shards do not repeat each other's crops.
     """
 
-    def __init__(self, dataset_size: int, batch_size: int, seed: int, shuffle: bool,
-                 epochs: Optional[int] = None, shard: Shard = Shard(),
-                 shuffled_order: Optional[Callable[[np.random.Generator], np.ndarray]] = None):
-        """``shuffled_order(rng)``: the source's own notion of a shuffled epoch (e.g. HDF5 keeps
-        a file's rows together, as Caffe does); default: a uniform permutation."""
-        if batch_size < 1:
+    dataset_size: int
+    batch_size: int
+    seed: int
+    shuffle: bool
+    epochs: Optional[int] = None
+    shard: Shard = Shard()
+    # The source's own notion of a shuffled epoch (e.g. HDF5 keeps a file's rows together, as
+    # Caffe does), called with the epoch's generator; None: a uniform permutation.
+    shuffled_order: Optional[Callable[[np.random.Generator], np.ndarray]] = None
+
+    def __post_init__(self) -> None:
+        shard = self.shard
+        if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if not 0 <= shard.index < shard.count:
             raise ValueError("shard %d/%d: the index must be in 0..%d" % (shard.index, shard.count, shard.count - 1))
-        if shard.size_of(dataset_size) < 1:
+        if shard.size_of(self.dataset_size) < 1:
             raise ValueError("shard %d/%d of %d samples is empty: use at most %d shards"
-                             % (shard.index, shard.count, dataset_size, dataset_size))
-        self.dataset_size = dataset_size
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epochs = epochs
-        self.shard = shard
-        self.shuffled_order = shuffled_order
-        self.local_size = shard.size_of(dataset_size)
+                             % (shard.index, shard.count, self.dataset_size, self.dataset_size))
+        self.local_size = shard.size_of(self.dataset_size)
         self._cached_epoch = -1
-        self._cached_order = np.arange(dataset_size, dtype=np.int64)
+        self._cached_order = np.arange(self.dataset_size, dtype=np.int64)
         self._cached_order.setflags(write=False)  # handed out as it is: nobody may change it
 
     @property

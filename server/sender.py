@@ -113,8 +113,7 @@ class BatchSender:
         """The specs of a message of ``rows`` rows (a last message may hold fewer batches)."""
         specs = self._specs_by_rows.get(rows)
         if specs is None:
-            specs = self._specs_by_rows[rows] = [wire.array_spec(s.name, s.dtype, (rows,) + s.shape[1:])
-                                                 for s in self.specs]
+            specs = self._specs_by_rows[rows] = [s.with_rows(rows) for s in self.specs]
         return specs
 
     def release_sent(self) -> List[Any]:

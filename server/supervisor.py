@@ -129,16 +129,14 @@ class DataServer:
         batch_specs = prepared.specs
         self.batch_bytes = sum(s.nbytes for s in batch_specs)
         self.codec = config.codec()
-        batch_slot_bytes = slot_bytes_for([(s.name, s.dtype, s.shape) for s in batch_specs], self.codec is not None)
+        batch_slot_bytes = slot_bytes_for(batch_specs, self.codec is not None)
         self.batches_per_message = batches_per_message_for(batch_specs, batch_slot_bytes, config.workers,
                                                            config.max_inflight_mb, config.max_batches_per_message)
         # The arrays of a slot: one message's batches.
-        self.specs = [wire.array_spec(name, dtype, shape) for name, dtype, shape
-                      in prepared.layout.batch_arrays(config.batch_size * self.batches_per_message)]
-        layout = [(s.name, s.dtype, s.shape) for s in self.specs]
-        slot_bytes = slot_bytes_for(layout, packed=self.codec is not None)
+        self.specs = prepared.layout.batch_specs(config.batch_size * self.batches_per_message)
+        slot_bytes = slot_bytes_for(self.specs, packed=self.codec is not None)
         slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
-        self.slots = BatchSlots(layout, slot_count, packed=self.codec is not None)
+        self.slots = BatchSlots(self.specs, slot_count, packed=self.codec is not None)
         # A stack: the most recently released slot is reused first, so idle slots stay untouched pages.
         self.free_slots: List[int] = list(range(slot_count - 1, -1, -1))
         self.resume = ResumeState.for_config(config, len(prepared.source))
@@ -155,6 +153,8 @@ class DataServer:
         self.throughput = ThroughputLog(config.log_interval_s, config.batch_size)
         self.progress = new_progress(config.workers)
         self.metrics: Optional[ServerMetrics] = None
+        self.curve: Optional[CurveServer] = None  # these three exist while run() runs
+        self.sender: Optional[BatchSender] = None
         self._skipped_reported = 0
 
     def _worker_setup(self, worker_id: int) -> WorkerSetup:
@@ -178,7 +178,7 @@ class DataServer:
         """Take every answer waiting on ``handle``'s pipe, then deal with its death if it died."""
         while handle.connection.poll():
             try:
-                _kind, task_id, answer = handle.connection.recv()
+                task_id, answer = handle.connection.recv()
             except (EOFError, OSError):
                 break
             task = handle.outstanding.pop(task_id)
@@ -293,64 +293,75 @@ class DataServer:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.pool = WorkerPool(self._worker_setup, self.config.workers, self.progress)
         context = zmq.Context()
-        sender = None
-        curve = None
         try:
-            if self.config.curve_secret_key:
-                curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
-                curve.start(context)
-            sender = BatchSender(context, self.config.stream_id, self.specs, curve=curve,
-                                 extra=self.prepared.layout.wire_extra(),
-                                 codec_name=self.codec.name if self.codec else None)
-            if self.config.metrics_port:
-                try:
-                    self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
-                except OSError as exc:
-                    raise ServerError("cannot serve metrics on port %d: %s" % (self.config.metrics_port, exc))
-                self.metrics.watch(sender.socket)  # before any trainer can connect
-            try:
-                sender.open(self.config.bind, self.config.connect)
-            except SenderError as exc:
-                raise ServerError(str(exc)) from None
-            shard = self.config.shard
-            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB"
-                     " (%d batches per message)",
-                     self.plan.local_size,
-                     " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
-                     if shard.count > 1 else "", self.config.source,
-                     ", ".join("%s %s" % (s.name, "x".join(map(str, (self.config.batch_size,) + s.shape[1:])))
-                               for s in self.specs),
-                     ", ".join(self.config.bind + self.config.connect),
-                     " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
-                     ", compressing with %s" % self.codec.describe() if self.codec else "",
-                     len(self.pool.workers),
-                     self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
-            while self.stop_signal is None and not self._finished(sender):
-                try:
-                    self._start_batches()
-                    self._assign()
-                    self._poll(sender)
-                except TooFewGoodSamples as exc:
-                    raise ServerError(str(exc)) from None
-                self._send_ready(sender)
-                self.free_slots.extend(batch.slot for batch in sender.release_sent())
-                self._save_resume_state(sender)
-                self.throughput.maybe_log((len(self.assembly.pending) + sender.in_flight) * self.batches_per_message,
-                                          self.pool.busy_count())
-                if self.metrics:
-                    self._update_metrics(sender)
-            if self.stop_signal is not None:
-                log.info("%s received: stopping", signal.Signals(self.stop_signal).name)
-            else:
-                log.info("served %d epochs (%d batches): done", self.config.epochs, self.next_send)
-            if self.assembly.skipped:
-                log.warning("skipped %d samples (%d distinct bad samples)",
-                            self.assembly.skipped, len(self.assembly.bad_samples))
+            sender = self._set_up(context)
+            self._serve(sender)
             return 0
         finally:
-            self._shut_down(sender, curve, context, failed=sys.exc_info()[0] is not None)
+            self._shut_down(self.sender, self.curve, context, failed=sys.exc_info()[0] is not None)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _set_up(self, context: zmq.Context) -> BatchSender:
+        """CURVE, the socket and the metrics, each kept in ``self`` as soon as it exists (so that
+        ``_shut_down`` closes what a failure leaves open); the socket is watched before it opens."""
+        if self.config.curve_secret_key:
+            self.curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
+            self.curve.start(context)
+        sender = self.sender = BatchSender(context, self.config.stream_id, self.specs, curve=self.curve,
+                                           extra=self.prepared.layout.wire_extra(),
+                                           codec_name=self.codec.name if self.codec else None)
+        if self.config.metrics_port:
+            try:
+                self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
+            except OSError as exc:
+                raise ServerError("cannot serve metrics on port %d: %s" % (self.config.metrics_port, exc))
+            self.metrics.watch(sender.socket)  # before any trainer can connect
+        try:
+            sender.open(self.config.bind, self.config.connect)
+        except SenderError as exc:
+            raise ServerError(str(exc)) from None
+        self._log_serving()
+        return sender
+
+    def _log_serving(self) -> None:
+        shard = self.config.shard
+        log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB"
+                 " (%d batches per message)",
+                 self.plan.local_size,
+                 " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
+                 if shard.count > 1 else "", self.config.source,
+                 ", ".join("%s %s" % (s.name, "x".join(map(str, (self.config.batch_size,) + s.shape[1:])))
+                           for s in self.specs),
+                 ", ".join(self.config.bind + self.config.connect),
+                 " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if self.curve else "",
+                 ", compressing with %s" % self.codec.describe() if self.codec else "",
+                 len(self.pool.workers),
+                 self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
+
+    def _serve(self, sender: BatchSender) -> None:
+        """The loop: work out to the workers, batches out in order, until done or a signal came."""
+        while self.stop_signal is None and not self._finished(sender):
+            try:
+                self._start_batches()
+                self._assign()
+                self._poll(sender)
+            except TooFewGoodSamples as exc:
+                raise ServerError(str(exc)) from None
+            self._send_ready(sender)
+            self.free_slots.extend(batch.slot for batch in sender.release_sent())
+            self._save_resume_state(sender)
+            self.throughput.maybe_log((len(self.assembly.pending) + sender.in_flight) * self.batches_per_message,
+                                      self.pool.busy_count())
+            if self.metrics:
+                self._update_metrics(sender)
+        if self.stop_signal is not None:
+            log.info("%s received: stopping", signal.Signals(self.stop_signal).name)
+        else:
+            log.info("served %d epochs (%d batches): done", self.config.epochs, self.next_send)
+        if self.assembly.skipped:
+            log.warning("skipped %d samples (%d distinct bad samples)",
+                        self.assembly.skipped, len(self.assembly.bad_samples))
 
     def _shut_down(self, sender: Optional[BatchSender], curve: Optional[CurveServer], context: zmq.Context,
                    failed: bool) -> None:

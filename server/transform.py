@@ -23,6 +23,8 @@ from typing import Optional, Tuple
 import cv2
 import numpy as np
 
+from client_layer.caffe_arithmetic import subtract_mean_and_scale
+
 TRAIN = "train"
 TEST = "test"
 
@@ -111,8 +113,8 @@ def crop_into(image: np.ndarray, h_off: int, w_off: int, mirror: bool, out: np.n
 
     With ``finish_on_trainer``, this is the server's half of the transform:
     the pixels travel as they are and the trainer computes
-    ``(x - mean) * scale`` (client_layer/wire.py), bit for bit as
-    ``transform_into`` would.
+    ``(x - mean) * scale`` with the function ``transform_into`` calls
+    (client_layer/caffe_arithmetic.py), so bit for bit as it would.
     """
     rows = slice(h_off, h_off + out.shape[1])
     columns = slice(w_off, w_off + out.shape[2])
@@ -206,12 +208,7 @@ def transform_into(image: np.ndarray, params: TransformParams, h_off: int, w_off
 
 def _subtract_mean_and_scale(source: np.ndarray, params: TransformParams, rows: slice, columns: slice,
                              target: np.ndarray) -> None:
-    """``target = (source - mean) * scale`` in float32, the mean file taken at the source pixels
-    ``rows`` x ``columns``: Caffe's arithmetic, for one image or a block of them."""
-    if params.mean is None:
-        np.multiply(source, np.float32(params.scale), out=target, dtype=np.float32, casting="unsafe")
-        return
+    """Caffe's arithmetic (``caffe_arithmetic``, shared with the trainer's layer) for one image or a
+    block of them, the mean file taken at the source pixels ``rows`` x ``columns``."""
     mean = params.mean[:, rows, columns] if params.mean_is_full_size else params.mean
-    np.subtract(source, mean, out=target, dtype=np.float32, casting="unsafe")
-    if params.scale != 1.0:
-        np.multiply(target, np.float32(params.scale), out=target)
+    subtract_mean_and_scale(source, mean, params.scale, target)

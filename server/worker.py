@@ -2,12 +2,12 @@
 
 A worker receives ``RowTask``s from the supervisor on its own pipe, reads and
 transforms each sample straight into its row of the batch's shared-memory
-slot, and answers ``(DONE, task_id, bad_rows)`` on the same pipe, where
+slot, and answers ``(task_id, bad_rows)`` on the same pipe, where
 ``bad_rows`` maps a row to the reason its sample could not be used. Before
 each sample it writes the sample's index into its cell of ``progress``, so
 that if it dies the supervisor knows which sample it was on. For a
 ``PackTask`` it compresses the filled slot's frames into the slot's packed
-room and answers ``(DONE, task_id, packed_lengths)``.
+room and answers ``(task_id, packed_lengths)``.
 
 ``probe_main`` reads one suspect sample alone in a disposable process.
 
@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from client_layer import wire
+from client_layer.compression import Codec
 from server.assembly import PackedLengths, PackTask, RowTask, Task
 from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout, RowWriter
@@ -39,8 +40,6 @@ from server.transform import DRAWS_PER_SAMPLE, uses_draws
 PARENT_CHECK_S = 0.5
 IDLE = -1
 _PR_SET_PDEATHSIG = 1
-
-DONE = "done"
 
 
 @dataclass
@@ -55,7 +54,7 @@ class WorkerSetup:
     progress: Any  # shared int64 array, one cell per worker: the index being read, or IDLE
     parent_pid: int
     specs: List[wire.ArraySpec]  # the arrays of a full slot
-    codec: Optional[wire.Codec]  # compresses slots for PackTasks
+    codec: Optional[Codec]  # compresses slots for PackTasks
 
 
 def _die_with_parent() -> None:
@@ -113,8 +112,7 @@ def pack_slot(setup: WorkerSetup, task: PackTask) -> PackedLengths:
     arrays, packed = setup.slots.arrays(task.slot), setup.slots.packed(task.slot)
     lengths = {}
     for spec in setup.specs:
-        message_spec = wire.array_spec(spec.name, spec.dtype, (task.rows,) + spec.shape[1:])
-        lengths[spec.name] = wire.pack_frames(setup.codec, message_spec, arrays[spec.name][:task.rows],
+        lengths[spec.name] = wire.pack_frames(setup.codec, spec.with_rows(task.rows), arrays[spec.name][:task.rows],
                                               packed[spec.name])
     return lengths
 
@@ -134,8 +132,7 @@ def probe_main(setup: WorkerSetup, index: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup.source.open()
     try:
-        batch = {name: np.zeros(shape, dtype) for name, dtype, shape in setup.layout.batch_arrays(1)}
-        writer = RowWriter(setup.layout, batch, np.zeros((1, DRAWS_PER_SAMPLE)))
+        writer = RowWriter(setup.layout, setup.layout.zeros(1), np.zeros((1, DRAWS_PER_SAMPLE)))
         writer.write(0, 0, setup.source.read(index))
         writer.finish()
     finally:
@@ -160,6 +157,6 @@ def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
                 return
             if task is None:
                 return
-            connection.send((DONE, task.task_id, run_task(setup, task)))
+            connection.send((task.task_id, run_task(setup, task)))
     finally:
         setup.source.close()

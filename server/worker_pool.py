@@ -69,7 +69,6 @@ class WorkerPool:
         self.make_setup = make_setup
         self.progress = progress
         self.workers: List[WorkerHandle] = [self._start(i) for i in range(count)]
-        self.restarts = 0
 
     def _start(self, worker_id: int) -> WorkerHandle:
         self.progress[worker_id] = IDLE
@@ -114,7 +113,6 @@ class WorkerPool:
         handle.connection.close()
         replacement = self._start(handle.worker_id)
         self.workers[self.workers.index(handle)] = replacement
-        self.restarts += 1
         return replacement
 
     def stop(self) -> None:

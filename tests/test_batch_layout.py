@@ -13,7 +13,7 @@ DRAWS = np.array([[0.9, 0.0, 0.0], [0.1, 0.5, 0.99]])
 
 def layout_and_batch(first, transform=TransformParams(phase="test", crop_size=4), batch_size=2):
     layout = BatchLayout.from_sample(first, transform)
-    batch = {name: np.zeros(shape, dtype) for name, dtype, shape in layout.batch_arrays(batch_size)}
+    batch = layout.zeros(batch_size)
     return layout, batch
 
 
@@ -29,7 +29,7 @@ def image(channels=3, height=6, width=6, value=7):
 
 def test_layout_follows_the_first_sample_and_the_crop():
     layout, batch = layout_and_batch({"data": image(), "label": np.float32(3)})
-    assert layout.batch_arrays(2) == [("data", np.float32, (2, 3, 4, 4)), ("label", np.float32, (2,))]
+    assert [(s.name, s.dtype, s.shape) for s in layout.batch_specs(2)] == [("data", np.float32, (2, 3, 4, 4)), ("label", np.float32, (2,))]
     write_one(layout, batch, {"data": image(value=9), "label": np.float32(5)}, 1)
     assert np.all(batch["data"][1] == 9) and batch["label"].tolist() == [0, 5]
 

@@ -112,7 +112,7 @@ def test_a_block_is_written_bit_for_bit_as_sample_by_sample_writes(name, transfo
     assert layout.pixels_on_wire == pixels_on_wire
     draws = rng.random((count, 3))
     rows = rng.permutation(count + 3)[:count]  # rows in any order, some rows left unwritten
-    by_sample, by_block = ({name: np.zeros(shape, dtype) for name, dtype, shape in layout.batch_arrays(count + 3)}
+    by_sample, by_block = (layout.zeros(count + 3)
                            for _ in range(2))
     writer = RowWriter(layout, by_sample, draws)
     for position in range(count):
@@ -135,7 +135,7 @@ def test_a_block_that_does_not_fit_the_layout_writes_nothing():
     transform = TransformParams(phase="test", crop_size=4)
     images = np.ones((2, 3, 6, 6), np.uint8)
     layout = BatchLayout.from_sample({"data": images[0], "label": np.float32(0)}, transform, True)
-    batch = {name: np.zeros(shape, dtype) for name, dtype, shape in layout.batch_arrays(2)}
+    batch = layout.zeros(2)
     writer = RowWriter(layout, batch, np.zeros((2, 3)))
     for arrays, message in [({"data": np.ones((2, 1, 6, 6), np.uint8), "label": np.zeros(2)}, "images are"),
                             ({"data": np.ones((2, 3, 3, 3), np.uint8), "label": np.zeros(2)}, "larger than"),

@@ -68,7 +68,7 @@ def test_data_layer_sets_source_batch_and_transform(workdir):
     assert config.shuffle is False  # Caffe's Data layer reads the database in order
     assert config.arrays == ("data", "label")
     prepared = prepare(config)
-    assert prepared.layout.batch_arrays(2) == [("data", np.float32, (2, 3, 8, 8)), ("label", np.float32, (2,))]
+    assert [(s.name, s.dtype, s.shape) for s in prepared.layout.batch_specs(2)] == [("data", np.float32, (2, 3, 8, 8)), ("label", np.float32, (2,))]
 
 
 def test_default_backend_is_leveldb_as_in_caffe(workdir):
@@ -91,14 +91,14 @@ def test_hdf5_layer_serves_its_tops_as_datasets(workdir):
     assert config.source == "hdf5:%s" % (workdir / "h5.txt") and config.datasets == ("label", "data")
     prepared = prepare(config)
     assert prepared.layout.transform is None
-    assert prepared.layout.batch_arrays(2) == [("label", np.float32, (2,)), ("data", np.float32, (2, 5))]
+    assert [(s.name, s.dtype, s.shape) for s in prepared.layout.batch_specs(2)] == [("label", np.float32, (2,)), ("data", np.float32, (2, 5))]
 
 
 def test_one_top_serves_no_label_and_options_may_override_order_and_batch(workdir):
     layer = data_layer().replace('top: "label"', "")
     config = config_of(workdir, layer, "--shuffle", "--batch-size", "5", "--seed", "3")
     assert (config.shuffle, config.batch_size, config.seed, config.arrays) == (True, 5, 3, ("data",))
-    assert [name for name, _, _ in prepare(config).layout.batch_arrays(5)] == ["data"]
+    assert [s.name for s in prepare(config).layout.batch_specs(5)] == ["data"]
 
 
 def test_ignored_fields_are_logged(workdir, caplog):

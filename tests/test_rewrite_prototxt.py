@@ -125,6 +125,10 @@ def test_the_input_is_never_overwritten(tmp_path, capsys):
     assert (tmp_path / "net.prototxt").read_text() == SHARED
 
 
-def test_endpoints_are_checked(tmp_path):
-    with pytest.raises(SystemExit):
-        main([str(tmp_path / "a"), str(tmp_path / "b"), "--train", "feed:5555"])
+@pytest.mark.parametrize("option, endpoint", [("--train", "feed:5555"), ("--test", "tcp://feed"),
+                                              ("--train", "tcp://feed:0")])
+def test_endpoints_are_checked_as_the_server_checks_them(tmp_path, capsys, option, endpoint):
+    with pytest.raises(SystemExit) as refused:
+        main([str(tmp_path / "a"), str(tmp_path / "b"), option, endpoint])
+    assert refused.value.code == 2
+    assert "%s %r: expected tcp://HOST:PORT" % (option, endpoint) in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client_layer import wire
+from client_layer import compression, wire
 from datasets import smooth_images
 
 pytestmark = pytest.mark.unit
@@ -276,13 +276,13 @@ def test_malformed_finish_instructions_are_refused(finish, message):
 
 # -- compression (--compress) --------------------------------------------------------------------
 
-CODEC_NAMES = sorted(wire.CODECS)
+CODEC_NAMES = sorted(compression.CODECS)
 
 
 def compressed_batch(codec_name, data, max_frame_bytes=wire.MAX_FRAME_BYTES):
     label = np.arange(len(data), dtype=np.float32)
     return wire.encode_batch("s", 3, {"data": data, "label": label}, np.arange(len(data)), np.zeros(len(data)),
-                             max_frame_bytes=max_frame_bytes, codec=wire.Codec(codec_name))
+                             max_frame_bytes=max_frame_bytes, codec=compression.Codec(codec_name))
 
 
 @pytest.mark.parametrize("codec_name", CODEC_NAMES)
@@ -353,7 +353,7 @@ def test_unknown_codec_and_overlong_frames_are_refused():
 
 def test_a_missing_codec_package_is_named_with_the_fix(monkeypatch):
     frames = as_bytes(compressed_batch("zstd", smooth_images(4)))
-    monkeypatch.setitem(wire.CODECS, "zstd", ("zfeed_no_such_module", "zstandard"))
+    monkeypatch.setitem(compression.CODECS, "zstd", ("zfeed_no_such_module", "zstandard"))
     with pytest.raises(wire.WireError, match=r"needs the 'zstandard' package.*pip install zstandard"):
         wire.decode_batch(frames, LIMIT)
     # An uncompressed batch needs no codec package at all.

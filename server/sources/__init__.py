@@ -72,11 +72,12 @@ class SourceOptions:
 
 
 def open_source(spec: str, options: SourceOptions = SourceOptions()):
-    """Build the source ``KIND:PATH`` names (see ``SOURCE_KINDS``). Raises SourceError."""
+    """Build the source ``KIND:PATH`` names (see ``SOURCE_KINDS``). Raises SourceError, whose
+    message says what is wrong and leaves naming the option (or prototxt field) to the caller."""
     kind, sep, path = spec.partition(":")
     if not sep or kind not in SOURCE_KINDS or not path:
-        raise SourceError("--source %r: expected KIND:PATH with KIND one of %s, e.g. lmdb:/data/train_lmdb"
-                          % (spec, ", ".join(SOURCE_KINDS)))
+        raise SourceError("expected KIND:PATH with KIND one of %s, e.g. lmdb:/data/train_lmdb; got %r"
+                          % (", ".join(SOURCE_KINDS), spec))
     if kind == "lmdb":
         return LmdbSource(path, options.color or COLOR_NATIVE)
     if kind == "leveldb":

@@ -77,7 +77,6 @@ class Hdf5Source(Source):
 
         if not datasets:
             raise SourceError("name at least one HDF5 dataset to serve")
-        self.list_path = list_path
         self.datasets = tuple(datasets)
         self.files = read_hdf5_list(list_path, base_dir)
         row_shapes = None

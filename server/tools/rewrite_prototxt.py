@@ -28,6 +28,7 @@ from google.protobuf import text_format
 
 from client_layer.receiver import DEFAULT_TIMEOUT_S
 from server.caffe_proto import LayerParameter
+from server.endpoints import endpoint_problem
 from server.prototxt import (DATA_LAYER_TYPES, TEST, TRAIN, LayerBlock, NetText, PrototxtError,
                              layer_runs, net_state, parse_layer, scan_net)
 from server.sources import DEFAULT_DATASETS
@@ -133,8 +134,9 @@ def rewrite_net(net: NetText, replacements: Sequence[Replacement], timeout_s: fl
 
 
 def _endpoint(text: str, option: str) -> str:
-    if not text.startswith(("tcp://", "ipc://")):
-        raise argparse.ArgumentTypeError("%s %r: expected tcp://HOST:PORT (or ipc://PATH)" % (option, text))
+    problem = endpoint_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError("%s %r: %s" % (option, text, problem))
     return text
 
 
