@@ -43,7 +43,7 @@ WAIT_LOG_INTERVAL_S = 5.0
 POLL_SLICE_S = 0.1
 # Kernel receive buffer per connection (Linux doubles it for bookkeeping). Fixed, not
 # autotuned up to tcp_rmem's 6 MiB: that much is dozens of small batches a restarted
-# trainer never sees. 1 MiB holds half of a ~2 MB message (server/assembly.py, NOTE [ Batches per
+# trainer never sees. 1 MiB holds a quarter of an ~8 MB message (server/assembly.py, NOTE [ Batches per
 # message ]); 256 KiB halved the rate of 0.8 MB messages over loopback (bench.small_samples).
 RECEIVE_BUFFER_BYTES = 1024 * 1024
 # Distinct reasons for dropping a message that are logged; later ones are only counted.

@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="memory for batches being built or sent (default 512)")
     order.add_argument("--max-batches-per-message", type=_positive_int, default=DEFAULT_MAX_BATCHES_PER_MESSAGE,
                        help="small batches travel together, up to this many (default %d) in messages of about "
-                            "2 MB: fewer, larger messages cost less per batch; 1: one batch per message, the "
+                            "8 MB: fewer, larger messages cost less per batch; 1: one batch per message, the "
                             "finest sharing between trainers and the least a trainer holds unread"
                             % DEFAULT_MAX_BATCHES_PER_MESSAGE)
     tf = parser.add_argument_group("transform_param (as Caffe)")

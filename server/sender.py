@@ -24,7 +24,7 @@ COPY_BELOW_BYTES = 65536  # pyzmq's own threshold for copying rather than sharin
 QUEUED_PER_TRAINER = 2
 # Kernel send buffer per trainer connection (Linux doubles it), fixed rather than autotuned
 # up to tcp_wmem's 4 MiB, which holds dozens of small batches that a trainer restarting
-# never sees; it holds half of a ~2 MB message. The trainer's receive buffer is the same
+# never sees; it holds a quarter of an ~8 MB message. The trainer's receive buffer is the same
 # (client_layer/receiver.py).
 SEND_BUFFER_BYTES = 1024 * 1024
 

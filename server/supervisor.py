@@ -81,8 +81,10 @@ MIN_SEND_SLOTS = 3
 MAX_DEATHS_WITHOUT_PROGRESS = 5
 # NOTE [ Batches per message ] (assembly.py): small batches go out together, in messages of about
 # this size (and at most --max-batches-per-message batches): enough to pay the per-message work
-# once for many small batches, not so much that one trainer's share grows coarse.
-MESSAGE_TARGET_BYTES = 2 * 2**20
+# (a few hundred microseconds of Python on both ends) once for many small batches, not so much
+# that one trainer's share grows coarse. 2 MB messages of HDF5 rows spent more CPU per row on
+# that work than on the bytes (bench.small_samples).
+MESSAGE_TARGET_BYTES = 8 * 2**20
 MAX_ROWS_PER_MESSAGE = 16384  # the header carries 12 bytes per sample: stay far below its limit
 TERM_MARGIN_S = 1.0  # closing ZeroMQ may take the socket's linger and this
 
