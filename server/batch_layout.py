@@ -24,7 +24,7 @@ import numpy as np
 from client_layer import wire
 from server.sources.base import consecutive_slice
 from server.transform import (Crops, TransformParams, choose_crops, crop_block_into, crop_into, finish_on_trainer,
-                              output_shape, trainer_arithmetic, transform_block_into, transform_into)
+                              gather_into, output_shape, trainer_arithmetic, transform_block_into, transform_into)
 
 TRANSFORMED = "data"
 BLOB_DTYPE = np.dtype(np.float32)
@@ -125,15 +125,17 @@ class RowWriter:
         for values, value in zip(self._scalars.values(), scalars):
             values.append(value)
 
-    def write_block(self, positions: np.ndarray, rows: np.ndarray, arrays: Dict[str, np.ndarray]) -> None:
+    def write_block(self, positions: np.ndarray, rows: np.ndarray, arrays: Dict[str, np.ndarray],
+                    source_rows: Optional[np.ndarray] = None) -> None:
         """Write the block of samples ``positions`` of the task into batch rows ``rows``;
-        ValueError, having written nothing, if the block does not fit the layout."""
+        ValueError, having written nothing, if the block does not fit the layout. With
+        ``source_rows`` (``SampleBlock.rows``), sample i is row ``source_rows[i]`` of each array."""
         names = [name for name, _, _ in self._kinds]
         if sorted(arrays) != sorted(names):
             raise ValueError("it has arrays %s, the batch %s" % (sorted(arrays), sorted(names)))
         for name, kind, shape in self._kinds:
             value = arrays[name]
-            if len(value) != len(positions):
+            if source_rows is None and len(value) != len(positions):
                 raise ValueError("its %r has %d rows for %d samples" % (name, len(value), len(positions)))
             if kind == _IMAGE:
                 self._check_image_block(value, self.batch[name].shape[1:])
@@ -146,9 +148,11 @@ class RowWriter:
             # Consecutive rows are written in place; scattered ones through a block of their own.
             out = target[chosen] if contiguous else np.empty((len(rows),) + target.shape[1:], target.dtype)
             if kind == _IMAGE:
-                self._image_block_into(positions, arrays[name], out)
-            else:
+                self._image_block_into(positions, arrays[name], out, source_rows)
+            elif source_rows is None:
                 out[...] = arrays[name]
+            else:
+                gather_into(arrays[name], source_rows, out)
             if not contiguous:
                 target[rows] = out
 
@@ -162,14 +166,16 @@ class RowWriter:
         if self.layout.pixels_on_wire and images.dtype != np.uint8:
             raise ValueError("it has %s pixels; this stream sends uint8 pixels" % images.dtype)
 
-    def _image_block_into(self, positions: np.ndarray, images: np.ndarray, out: np.ndarray) -> None:
-        """The block's images cropped and mirrored (uint8 pixels on the wire) or transformed."""
+    def _image_block_into(self, positions: np.ndarray, images: np.ndarray, out: np.ndarray,
+                          image_rows: Optional[np.ndarray]) -> None:
+        """The block's images (``images``, or the rows ``image_rows`` of it) cropped and mirrored
+        (uint8 pixels on the wire) or transformed."""
         crops = self._crops_for(images.shape[2], images.shape[3])
         h_offs, w_offs, mirrors = crops.h_offs[positions], crops.w_offs[positions], crops.mirrors[positions]
         if self.layout.pixels_on_wire:
-            crop_block_into(images, h_offs, w_offs, mirrors, out)
+            crop_block_into(images, h_offs, w_offs, mirrors, out, image_rows)
         else:
-            transform_block_into(images, self.layout.transform, h_offs, w_offs, mirrors, out)
+            transform_block_into(images, self.layout.transform, h_offs, w_offs, mirrors, out, image_rows)
 
     def finish(self) -> None:
         """Write the gathered arrays of scalar shape into the rows written."""

@@ -158,20 +158,37 @@ def _windows(h_offs: np.ndarray, w_offs: np.ndarray, mirrors: np.ndarray, width:
     return list(zip(range(count), h_offs.tolist(), w_offs.tolist(), mirrors.tolist()))
 
 
+def gather_into(store: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = store[rows[i]]`` in one pass, without a gathered copy in between; every
+    row must exist."""
+    if out.dtype == store.dtype and out.flags.c_contiguous:
+        np.take(store, rows, axis=0, out=out, mode="clip")  # mode "raise" would buffer ``out``
+    else:
+        out[...] = store[rows]
+
+
 def crop_block_into(images: np.ndarray, h_offs: np.ndarray, w_offs: np.ndarray, mirrors: np.ndarray,
-                    out: np.ndarray) -> None:
+                    out: np.ndarray, image_rows: Optional[np.ndarray] = None) -> None:
     """``crop_into`` for a block: ``out[i]`` (N x C x h x w) is the crop of ``images[i]``
-    (N x C x H x W) at ``(h_offs[i], w_offs[i])``, mirrored when ``mirrors[i]``."""
+    (N x C x H x W), or of ``images[image_rows[i]]``, at ``(h_offs[i], w_offs[i])``,
+    mirrored when ``mirrors[i]``."""
     height, width = out.shape[2:]
     for samples, h_off, w_off, mirror in _windows(h_offs, w_offs, mirrors, images.shape[3]):
-        window = images[samples, ..., h_off:h_off + height, w_off:w_off + width]
+        if image_rows is not None and isinstance(samples, slice) and not mirror and images.shape[2:] == (height, width):
+            gather_into(images, image_rows, out)  # whole images, no mirror: one pass
+            continue
+        chosen = samples if image_rows is None else image_rows[samples]
+        window = images[chosen, ..., h_off:h_off + height, w_off:w_off + width]
         out[samples] = window[..., ::-1] if mirror else window
 
 
 def transform_block_into(images: np.ndarray, params: TransformParams, h_offs: np.ndarray, w_offs: np.ndarray,
-                         mirrors: np.ndarray, out: np.ndarray) -> None:
-    """``transform_into`` for a block of images (N x C x H x W) into ``out`` (N x C x h x w
-    float32): the same float32 operations in the same order, so the same bits."""
+                         mirrors: np.ndarray, out: np.ndarray, image_rows: Optional[np.ndarray] = None) -> None:
+    """``transform_into`` for a block of images (N x C x H x W), or the images ``image_rows``
+    of them, into ``out`` (N x C x h x w float32): the same float32 operations in the same
+    order, so the same bits."""
+    if image_rows is not None:
+        images = images[image_rows]
     height, width = out.shape[2:]
     for samples, h_off, w_off, mirror in _windows(h_offs, w_offs, mirrors, images.shape[3]):
         rows, columns = slice(h_off, h_off + height), slice(w_off, w_off + width)

@@ -75,7 +75,7 @@ def _write_blocks(source: Source, writer: RowWriter, task: RowTask) -> List[int]
     left = [rest]
     for block in blocks:
         try:
-            writer.write_block(block.positions, task.rows[block.positions], block.arrays)
+            writer.write_block(block.positions, task.rows[block.positions], block.arrays, block.rows)
         except ValueError:  # e.g. another image size: the per-sample path says what is wrong
             left.append(block.positions)
     return sorted(np.concatenate(left).tolist())

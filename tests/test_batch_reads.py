@@ -94,6 +94,7 @@ TRANSFORMS = [
     ("uint8 crops, few windows", TransformParams(phase="train", crop_size=5, mirror=True), True, 40),
     ("uint8 centre crops", TransformParams(phase="test", crop_size=4), True, 9),
     ("uint8, no crop, mirror", TransformParams(phase="train", mirror=True), True, 9),
+    ("uint8, no crop, no mirror", TransformParams(phase="train", scale=1 / 256), True, 9),
     ("float, mean file, scale", TransformParams(phase="train", crop_size=4, mirror=True, scale=0.017,
                                                 mean=np.random.default_rng(1).random((3, 6, 7), np.float32) * 255),
      False, 40),
@@ -129,6 +130,17 @@ def test_a_block_is_written_bit_for_bit_as_sample_by_sample_writes(name, transfo
     writer = RowWriter(layout, into_contiguous_rows, draws)
     writer.write_block(np.arange(half), np.arange(3, 3 + half), {"data": images[:half], "label": labels[:half]})
     assert into_contiguous_rows["data"][3:3 + half].tobytes() == by_sample["data"][rows[:half]].tobytes()
+    # A block that selects its samples from a store (SampleBlock.rows: a worker's held rows, npz arrays).
+    store_order = rng.permutation(count)
+    store = {"data": images[store_order], "label": labels[store_order]}
+    store_rows = np.argsort(store_order)  # sample i is store row store_rows[i]
+    for targets in (rows, np.arange(3, 3 + count)):  # scattered rows, and consecutive ones (gathered in place)
+        from_store = {name: np.zeros_like(array) for name, array in by_sample.items()}
+        writer = RowWriter(layout, from_store, draws)
+        writer.write_block(np.arange(half), targets[:half], store, store_rows[:half])
+        writer.write_block(np.arange(half, count), targets[half:], store, store_rows[half:])
+        for array in by_sample:
+            assert from_store[array][targets].tobytes() == by_sample[array][rows].tobytes(), array
 
 
 def test_a_block_that_does_not_fit_the_layout_writes_nothing():
@@ -230,10 +242,14 @@ def test_raw_datums_are_served_from_the_workers_memory_once_read(tmp_path):
     assert source._rows.held.nonzero()[0].tolist() == [1, 3, 4]
     blocks, rest = source.read_many(np.array([4, 5, 6, 1, 3, 4]))
     assert rest.tolist() == []
-    served = {p: (b.arrays["data"][i], b.arrays["label"][i]) for b in blocks for i, p in enumerate(b.positions.tolist())}
+    served = {}
+    for block in blocks:
+        rows = range(len(block.positions)) if block.rows is None else block.rows.tolist()  # held rows: selected
+        for position, row in zip(block.positions.tolist(), rows):
+            served[position] = (block.arrays["data"][row], block.arrays["label"][row])
     for position, index in enumerate([4, 5, 6, 1, 3, 4]):
         assert np.array_equal(served[position][0], images[index]) and served[position][1] == np.float32(index)
-    assert [b.positions.tolist() for b in blocks][0] == [0, 3, 4, 5]  # held rows: one block
+    assert blocks[0].positions.tolist() == [0, 3, 4, 5] and blocks[0].rows.tolist() == [4, 1, 3, 4]  # held: one block
     assert source._rows.held.nonzero()[0].tolist() == [1, 3, 4, 6]
     source.close()
 

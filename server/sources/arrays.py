@@ -39,7 +39,8 @@ class NpzSource(Source):
         return self._length
 
     def open(self) -> None:
-        self._data, self._labels = self._load()
+        self._data, labels = self._load()
+        self._labels = np.asarray(labels, np.float32)  # as Caffe's blob holds them, once
 
     def close(self) -> None:
         self._data = self._labels = None
@@ -51,8 +52,7 @@ class NpzSource(Source):
         return image_sample(self._data[index], self._labels[index])
 
     def read_many(self, indices: np.ndarray) -> BlockRead:
-        block = SampleBlock(np.arange(len(indices)),
-                            {"data": self._data[indices], "label": self._labels[indices].astype(np.float32)})
+        block = SampleBlock(np.arange(len(indices)), {"data": self._data, "label": self._labels}, rows=indices)
         return [block], np.zeros(0, np.int64)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,10 +18,13 @@ Sample = Dict[str, np.ndarray]
 @dataclass
 class SampleBlock:
     """Samples read together: ``arrays`` hold one row per entry of ``positions`` (positions
-    in the list of indices asked for), every row of an array the same shape."""
+    in the list of indices asked for), every row of an array the same shape. With ``rows``,
+    the samples are instead rows ``rows`` of each array (a store the block selects from,
+    which the writer gathers straight into the batch, without a copy in between)."""
 
     positions: np.ndarray
     arrays: Dict[str, np.ndarray]
+    rows: Optional[np.ndarray] = None
 
 
 def consecutive_slice(indices: np.ndarray):
@@ -93,7 +96,7 @@ class SelectedArrays:
         kept = []
         for block in blocks:
             if all(name in block.arrays for name in self.names):
-                kept.append(SampleBlock(block.positions, {name: block.arrays[name] for name in self.names}))
+                kept.append(SampleBlock(block.positions, {name: block.arrays[name] for name in self.names}, block.rows))
             else:
                 rest = np.concatenate([rest, block.positions])
         return kept, rest

@@ -90,9 +90,8 @@ class DatumDbSource(Source):
         if self._rows is not None:
             held = self._rows.held[indices]
             if held.any():
-                chosen = indices[held]
-                blocks.append(SampleBlock(np.flatnonzero(held), {"data": self._rows.images[chosen],
-                                                                 "label": self._rows.labels[chosen]}))
+                blocks.append(SampleBlock(np.flatnonzero(held), {"data": self._rows.images, "label": self._rows.labels},
+                                          rows=indices[held]))
                 unread = np.flatnonzero(~held)
         if not len(unread):
             return blocks, unread
