@@ -55,6 +55,10 @@ class Batch:
         if count <= 1:
             return [self]
         rows = self.batch_rows
+        # Every part has the same specs: made once per message, not once per part.
+        specs = [spec.with_rows(rows) for spec in self.specs]
+        spec_by_name = {spec.name: spec for spec in specs}
+        frames = [(spec.name, self._frames[spec.name][0], rows * spec.row_bytes) for spec in self.specs]
         parts = []
         for number in range(count):
             part = object.__new__(Batch)
@@ -62,11 +66,9 @@ class Batch:
             part.wire_bytes = self.wire_bytes * (number + 1) // count - self.wire_bytes * number // count
             part.indices = self.indices[number * rows:(number + 1) * rows]
             part.epochs = self.epochs[number * rows:(number + 1) * rows]
-            part.specs = [spec.with_rows(rows) for spec in self.specs]
-            part._frames = {spec.name: [self._frames[spec.name][0][number * rows * spec.row_bytes:
-                                                                   (number + 1) * rows * spec.row_bytes]]
-                            for spec in self.specs}
-            part._spec_by_name = {spec.name: spec for spec in part.specs}
+            part.specs = specs
+            part._frames = {name: [frame[number * step:(number + 1) * step]] for name, frame, step in frames}
+            part._spec_by_name = spec_by_name
             part._keepalive = self._keepalive
             part._finish = self._finish
             parts.append(part)
@@ -129,6 +131,9 @@ class Batch:
     def chunks(self, name: str) -> List[Tuple[int, np.ndarray]]:
         """Array ``name`` as sent, without any copy: (first row, read-only view) per frame."""
         spec = self.spec(name)
+        frames = self._frames[name]
+        if len(frames) == 1:  # every batch of a message of several, and most single batches
+            return [(0, np.frombuffer(frames[0], dtype=spec.dtype).reshape(spec.shape))]
         return [(start, np.frombuffer(view, dtype=spec.dtype).reshape((stop - start,) + spec.shape[1:]))
                 for (start, stop), view in zip(spec.frame_rows(), self._frames[name])]
 

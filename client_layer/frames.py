@@ -41,17 +41,15 @@ class ArraySpec:
     frames of ``rows_per_frame`` rows. The one description of a batch array, on both sides
     (the server's slots and layout too); ``array_spec`` makes a checked one."""
 
-    __slots__ = ("name", "dtype", "shape", "rows_per_frame")
+    __slots__ = ("name", "dtype", "shape", "rows_per_frame", "row_bytes")
 
     def __init__(self, name: str, dtype: np.dtype, shape: Tuple[int, ...], rows_per_frame: int):
         self.name = name
         self.dtype = dtype
         self.shape = shape
         self.rows_per_frame = rows_per_frame
-
-    @property
-    def row_bytes(self) -> int:
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        # Bytes of one row, computed once: a trainer asks for it for every batch of every message.
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
     @property
     def nbytes(self) -> int:

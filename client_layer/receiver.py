@@ -176,6 +176,11 @@ class BatchClient:
                     % (waited, self.endpoints, self.rejected, self.last_rejection))
         return "no batch within %.1f s (%s): %s" % (waited, self.endpoints, hint)
 
+    def next_received(self) -> Optional[Batch]:
+        """The next batch of a message already received, without waiting; None when the
+        next batch needs a new message (``receive``)."""
+        return self._count(self._received.popleft()) if self._received else None
+
     def receive(self, stop_requested: Optional[Callable[[], bool]] = None) -> Batch:
         """The next valid batch. Raises ``NoDataError`` after ``timeout_s`` without one,
         and ``ReceiveInterrupted`` when ``stop_requested()`` turns true while it waits
@@ -187,8 +192,9 @@ class BatchClient:
         ``StreamSetupError`` until a first batch has been read: then it is this
         trainer's set-up, not a stray message.
         """
-        if self._received:
-            return self._count(self._received.popleft())
+        ready = self.next_received()
+        if ready is not None:
+            return ready
         started = time.monotonic()
         deadline = started + self.timeout_s
         next_log = started + WAIT_LOG_INTERVAL_S
