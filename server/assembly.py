@@ -22,6 +22,9 @@ and a header are paid once for all of them. Here such a group is one
 ``PendingBatch`` of ``batch_count`` batches, starting at batch ``seq``,
 filled in one slot by one task. It changes nothing of what each batch
 holds: batch k still takes positions kB.. and the draws of (seed, k).
+A message's rows are filled by tasks of at most ``rows_per_task`` rows, so
+that a large message of costly samples (decoded images) is still filled by
+every worker at once, and a worker's death costs one task's work.
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ class BatchAssembly:
 
     def __init__(self, plan: EpochPlan, describe: Callable[[int], str], first_seq: int = 0,
                  first_position: int = 0, packing: bool = False, batches_per_message: int = 1,
-                 prove_bad: Callable[[int], Optional[str]] = lambda index: "it crashed a loader worker"):
+                 prove_bad: Callable[[int], Optional[str]] = lambda index: "it crashed a loader worker",
+                 rows_per_task: Optional[int] = None):
         """``prove_bad(index)``: read sample ``index`` alone where a crash costs nothing; the
         reason it is bad, or None. A sample in flight at ``MAX_CRASHES`` deaths is skipped only
         if this proves it bad, so deaths from outside (SIGKILL, the OOM killer) cost no sample."""
@@ -101,6 +105,7 @@ class BatchAssembly:
         self.prove_bad = prove_bad
         self.packing = packing
         self.batches_per_message = batches_per_message
+        self.rows_per_task = rows_per_task  # None: one task fills a whole message
         self.next_seq = first_seq
         self.next_position = first_position
         self.pending: Dict[int, PendingBatch] = {}
@@ -147,8 +152,9 @@ class BatchAssembly:
     def _task(self, batch: PendingBatch, rows: np.ndarray) -> RowTask:
         return RowTask(next(self._task_ids), batch.seq, batch.slot, rows, batch.indices[rows])
 
-    def start(self, slot: int) -> RowTask:
-        """Begin the next message's batches in ``slot``; returns the task filling all their rows."""
+    def start(self, slot: int) -> List[RowTask]:
+        """Begin the next message's batches in ``slot``; returns the tasks filling their rows,
+        ``rows_per_task`` rows each (the last one the rest)."""
         count = self.batches_per_message
         if self.plan.batch_count is not None:
             count = min(count, self.plan.batch_count - self.next_seq)
@@ -157,7 +163,8 @@ class BatchAssembly:
         batch = PendingBatch(self.next_seq, count, slot, indices, epochs, set(range(size)), floor)
         self.pending[batch.seq] = batch
         self.next_seq += count
-        return self._task(batch, np.arange(size))
+        step = self.rows_per_task or size
+        return [self._task(batch, np.arange(start, min(start + step, size))) for start in range(0, size, step)]
 
     def mark_bad(self, index: int, reason: str) -> None:
         """Never hand out sample ``index`` again; log it the first time."""

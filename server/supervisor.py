@@ -85,6 +85,9 @@ MAX_DEATHS_WITHOUT_PROGRESS = 5
 # that one trainer's share grows coarse. 2 MB messages of HDF5 rows spent more CPU per row on
 # that work than on the bytes (bench.small_samples).
 MESSAGE_TARGET_BYTES = 8 * 2**20
+# A message is filled by tasks of about this many bytes of rows: small enough that all
+# workers fill a message of costly samples together, and that a worker's death loses little.
+TASK_TARGET_BYTES = 2 * 2**20
 MAX_ROWS_PER_MESSAGE = 16384  # the header carries 12 bytes per sample: stay far below its limit
 TERM_MARGIN_S = 1.0  # closing ZeroMQ may take the socket's linger and this
 
@@ -146,7 +149,8 @@ class DataServer:
         self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position,
                                       packing=self.codec is not None,
                                       batches_per_message=self.batches_per_message,
-                                      prove_bad=lambda index: probe_sample(self._worker_setup(-1), index))
+                                      prove_bad=lambda index: probe_sample(self._worker_setup(-1), index),
+                                      rows_per_task=max(1, TASK_TARGET_BYTES * config.batch_size // max(1, self.batch_bytes)))
         self.next_send = first_seq
         self.queue: Deque[Task] = deque()
         self.stop_signal: Optional[int] = None
@@ -167,7 +171,7 @@ class DataServer:
 
     def _start_batches(self) -> None:
         while self.free_slots and self.assembly.can_start and len(self.queue) < len(self.pool.workers):
-            self.queue.append(self.assembly.start(self.free_slots.pop()))
+            self.queue.extend(self.assembly.start(self.free_slots.pop()))
 
     def _assign(self) -> None:
         while self.queue:
@@ -205,7 +209,8 @@ class DataServer:
         tasks = list(handle.outstanding.values())
         log.error("loader worker %d (pid %d) %s%s; restarting it and re-issuing %d unfinished tasks",
                   handle.worker_id, handle.process.pid, describe_exit(handle.process), reading, len(tasks))
-        self.deaths_since_progress += 1
+        if self.pool.died_working(handle):
+            self.deaths_since_progress += 1
         if self.deaths_since_progress > MAX_DEATHS_WITHOUT_PROGRESS:
             raise ServerError("loader workers died %d times in a row without finishing any work; last: "
                               "worker %d %s%s" % (self.deaths_since_progress, handle.worker_id,

@@ -39,6 +39,7 @@ from server.transform import DRAWS_PER_SAMPLE, uses_draws
 
 PARENT_CHECK_S = 0.5
 IDLE = -1
+STARTING = -2  # the progress cell until the worker has opened its source
 _PR_SET_PDEATHSIG = 1
 
 
@@ -51,7 +52,7 @@ class WorkerSetup:
     layout: BatchLayout
     plan: EpochPlan  # the draws of each row
     slots: BatchSlots
-    progress: Any  # shared int64 array, one cell per worker: the index being read, or IDLE
+    progress: Any  # shared int64 array, one cell per worker: the index being read, IDLE, or STARTING
     parent_pid: int
     specs: List[wire.ArraySpec]  # the arrays of a full slot
     codec: Optional[Codec]  # compresses slots for PackTasks
@@ -145,6 +146,7 @@ def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup.source.open()
+    setup.progress[setup.worker_id] = IDLE
     try:
         while True:
             if os.getppid() != setup.parent_pid:

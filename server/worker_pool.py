@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Callable, Dict, List, Optional
 
 from server.assembly import Task
-from server.worker import IDLE, WorkerSetup, loader_worker_main, probe_main
+from server.worker import IDLE, STARTING, WorkerSetup, loader_worker_main, probe_main
 
 log = logging.getLogger("zfeed.server")
 
@@ -71,7 +71,7 @@ class WorkerPool:
         self.workers: List[WorkerHandle] = [self._start(i) for i in range(count)]
 
     def _start(self, worker_id: int) -> WorkerHandle:
-        self.progress[worker_id] = IDLE
+        self.progress[worker_id] = STARTING
         ours, theirs = _FORK.Pipe(duplex=True)
         process = _FORK.Process(target=loader_worker_main, args=(self.make_setup(worker_id), theirs),
                                 name="zfeed-loader-%d" % worker_id, daemon=True)
@@ -105,7 +105,13 @@ class WorkerPool:
     def crashed_index(self, handle: WorkerHandle) -> Optional[int]:
         """The sample a dead worker was reading, if it was reading one."""
         value = self.progress[handle.worker_id]
-        return None if value == IDLE else int(value)
+        return None if value in (IDLE, STARTING) else int(value)
+
+    def died_working(self, handle: WorkerHandle) -> bool:
+        """Whether a dead worker had work, or had not yet opened its source: a death that may
+        come from the data or the set-up. An idle worker killed from outside (the OOM
+        killer, an operator) is neither."""
+        return bool(handle.outstanding) or self.progress[handle.worker_id] == STARTING
 
     def replace(self, handle: WorkerHandle) -> WorkerHandle:
         """Start a new worker in a dead one's place; the caller re-issues its tasks."""

@@ -16,14 +16,14 @@ def assembly(packing):
 
 def test_a_filled_batch_is_complete_without_packing():
     batches = assembly(packing=False)
-    task = batches.start(slot=0)
+    task = batches.start(slot=0)[0]
     assert batches.filled(task, {}) is None
     assert batches.complete(task.seq)
 
 
 def test_with_packing_a_filled_batch_waits_for_its_pack_task():
     batches = assembly(packing=True)
-    task = batches.start(slot=5)
+    task = batches.start(slot=5)[0]
     pack = batches.filled(task, {})
     assert isinstance(pack, PackTask) and (pack.seq, pack.slot) == (task.seq, 5)
     assert not batches.complete(task.seq)
@@ -34,7 +34,7 @@ def test_with_packing_a_filled_batch_waits_for_its_pack_task():
 
 def test_with_packing_bad_rows_are_refilled_before_the_batch_is_packed():
     batches = assembly(packing=True)
-    task = batches.start(slot=0)
+    task = batches.start(slot=0)[0]
     refill = batches.filled(task, {2: "unreadable"})
     assert isinstance(refill, RowTask) and refill.rows.tolist() == [2]
     assert not batches.complete(task.seq)
@@ -46,7 +46,7 @@ def test_with_packing_bad_rows_are_refilled_before_the_batch_is_packed():
 def started_with_crashes(prove_bad):
     plan = EpochPlan(20, 4, seed=1, shuffle=True, epochs=None)
     batches = BatchAssembly(plan, describe=lambda index: "sample %d" % index, prove_bad=prove_bad)
-    task = batches.start(slot=0)
+    task = batches.start(slot=0)[0]
     suspect = int(task.indices[2])
     first = batches.crashed(task, suspect)
     return batches, task, suspect, batches.crashed(first, suspect)
@@ -72,7 +72,7 @@ def test_a_sample_proven_bad_alone_is_skipped_and_its_row_refilled_with_its_own_
 def test_batches_of_one_message_take_consecutive_positions_and_their_own_draws():
     plan = EpochPlan(10, 4, seed=1, shuffle=True, epochs=2)  # 5 batches in all
     batches = BatchAssembly(plan, describe=str, batches_per_message=3)
-    first, last = batches.start(slot=0), batches.start(slot=1)
+    (first,), (last,) = batches.start(slot=0), batches.start(slot=1)
     assert (first.seq, len(first.rows), last.seq, len(last.rows)) == (0, 12, 3, 8)  # the last is short
     assert not batches.can_start
     for task, seqs in ((first, range(3)), (last, range(3, 5))):
@@ -91,3 +91,15 @@ def test_when_an_epoch_holds_too_few_good_samples_for_a_batch_the_assembly_says_
     with pytest.raises(TooFewGoodSamples, match="9 of the 10 samples served are bad, and a whole epoch does not "
                                                 "hold the 4 good ones this batch needs"):
         batches.start(slot=0)
+
+
+def test_a_message_is_filled_by_tasks_of_at_most_rows_per_task_rows():
+    plan = EpochPlan(100, 4, seed=1, shuffle=True, epochs=None)
+    batches = BatchAssembly(plan, describe=str, batches_per_message=5, rows_per_task=6)
+    tasks = batches.start(slot=0)
+    assert [task.rows.tolist() for task in tasks] == [list(range(0, 6)), list(range(6, 12)), list(range(12, 18)),
+                                                     [18, 19]]
+    assert np.array_equal(np.concatenate([task.indices for task in tasks]), batches.pending[0].indices)
+    for task in tasks[:-1]:
+        assert batches.filled(task, {}) is None and not batches.complete(0)
+    assert batches.filled(tasks[-1], {}) is None and batches.complete(0)

@@ -38,13 +38,14 @@ def test_killed_workers_are_replaced_and_every_sample_arrives_once(tmp_path, com
     """With --compress, workers also die while packing batches: the pack tasks are re-issued too.
     Batches travel three to a message here, so a task holds 24 samples."""
     size, batch_size, epochs = 120, 8, 10
-    # 300 kB batches: socket buffers cannot hold the stream, so the server serves while the trainer reads.
+    # 300 kB batches, and 4 MB for batches in flight: neither the slots nor the socket buffers can hold
+    # the stream, so the server serves (and workers work) while the trainer reads.
     images = smooth_images(size, (3, 128, 128), seed=1) if compress != "off" else random_images(size, (3, 128, 128), seed=1)
     db = write_lmdb(tmp_path / "db", images, range(size), encode=".png")
     port = free_port()
     args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(batch_size),
             "--workers", "2", "--epochs", str(epochs), "--crop-size", "112", "--mirror", "--seed", "3",
-            "--compress", compress]
+            "--compress", compress, "--max-inflight-mb", "4"]
     kills = []
     with ServerProcess(args, tmp_path / "server.log") as server, \
             BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
@@ -307,3 +308,41 @@ def test_a_server_whose_files_all_vanish_stops_saying_so_instead_of_spinning(tmp
     assert time.monotonic() - started < 30
     assert re.search(r"\b\d+ of the 12 samples served are bad, and a whole epoch does not hold the \d+ good ones",
                      server.log), server.log
+
+
+def test_idle_workers_killed_from_outside_do_not_stop_the_server(tmp_path):
+    """A death counts toward the crash-loop limit (MAX_DEATHS_WITHOUT_PROGRESS, 5) only when the
+    worker had work or had not yet opened its source: idle workers killed more often than that
+    (an operator, the OOM killer) are replaced, and the stream goes on, every sample once."""
+    size, batch_size = 40, 4
+    images = random_images(size, (3, 64, 64), seed=2)
+    db = write_lmdb(tmp_path / "db", images, range(size))
+    port = free_port()
+    args = ["--source", "lmdb:%s" % db, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", str(batch_size),
+            "--workers", "2", "--phase", "test", "--log-interval", "0.2"]
+
+    def workers_idle():  # the last throughput line (every 0.2 s) says no worker has a task
+        lines = [line for line in server.log.splitlines() if "workers busy" in line]
+        return bool(lines) and " 0 workers busy" in lines[-1]
+
+    with ServerProcess(args, tmp_path / "server.log") as server, \
+            BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
+        server.wait_for_log("serving")
+        batches = [client.receive()]
+        deadline = time.monotonic() + 20
+        killed = []
+        for _ in range(8):
+            while not workers_idle():  # the trainer reads no more: slots and buffers fill, workers go idle
+                assert time.monotonic() < deadline, "the workers never went idle:\n" + server.log
+                time.sleep(0.1)
+            workers = [pid for pid in child_pids(server.process.pid) if alive(pid) and pid not in killed]
+            assert workers, server.log
+            os.kill(workers[0], signal.SIGKILL)
+            killed.append(workers[0])
+            time.sleep(0.5)  # replaced, and its source opened, meanwhile
+        batches += receive_all(client, 2 * size // batch_size)
+        assert server.process.poll() is None, server.log
+        assert server.stop() == 0, server.log
+    assert server.log.count("killed by signal SIGKILL") >= 8
+    counts = deliveries(batches)
+    assert all(counts[(e, i)] == 1 for e in range(2) for i in range(size)), counts
