@@ -54,6 +54,7 @@ from typing import Deque, List, Optional
 import zmq
 
 from client_layer import wire
+from server import ready_file
 from server.assembly import BatchAssembly, PackTask, PendingBatch, Task, TooFewGoodSamples
 from server.batch_buffer import BatchSlots, slot_bytes_for
 from server.config import PreparedData, ServerConfig
@@ -320,6 +321,8 @@ class DataServer:
                      ", compressing with %s" % self.codec.describe() if self.codec else "",
                      len(self.pool.workers),
                      self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
+            ready_file.announce(self.config.ready_file, self.config.bind, self.config.connect,
+                                self.config.metrics_port, self.config.stream_id)
             while self.stop_signal is None and not self._finished(sender):
                 try:
                     self._start_batches()
@@ -350,6 +353,7 @@ class DataServer:
     def _shut_down(self, sender: Optional[BatchSender], curve: Optional[CurveServer], context: zmq.Context,
                    failed: bool) -> None:
         """NOTE [ Shutdown protocol ]'s steps, each named for the deadline's message."""
+        ready_file.withdraw(self.config.ready_file)  # NOTE [ Ready file ]: no longer serving
         deadline = self.deadline
         deadline.start(status=1 if failed else 0)
         deadline.step("saving the resume state")

@@ -1,5 +1,6 @@
 """The data server as a real process over real tcp, received with BatchClient."""
 
+import json
 import signal
 import time
 import urllib.request
@@ -300,3 +301,53 @@ def test_compressed_batches_are_smaller_and_decode_to_the_same_bytes(tmp_path, c
         assert (batch.seq, batch.indices.tolist()) == (expected[0], expected[1].tolist())
         assert np.array_equal(batch.array("data"), expected[3])
         assert np.array_equal(batch.array("label"), expected[4])
+
+
+GATED_DATASET = """import pathlib, time
+import numpy as np
+
+class Gated:
+    def __init__(self):
+        pathlib.Path(%(opening)r).touch()
+        deadline = time.monotonic() + 30
+        while not pathlib.Path(%(gate)r).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"data": np.full((1, 2, 2), i, np.uint8), "label": np.float32(i)}
+
+def make():
+    return Gated()
+"""
+
+
+def test_the_ready_file_exists_exactly_while_the_server_serves(tmp_path):
+    """--ready-file: a stale one is removed before the source opens; written whole once the socket
+    is bound; removed when the server stops."""
+    opening, gate, ready = tmp_path / "opening", tmp_path / "gate", tmp_path / "server.ready"
+    module = tmp_path / "gated_dataset.py"
+    module.write_text(GATED_DATASET % {"opening": str(opening), "gate": str(gate)})
+    ready.write_text("left by an earlier run")
+    endpoint, metrics_port = "tcp://127.0.0.1:%d" % free_port(), free_port()
+    args = ["--source", "python:%s:make" % module, "--bind", endpoint, "--ready-file", str(ready),
+            "--batch-size", "2", "--workers", "1", "--metrics-port", str(metrics_port), "--stream-id", "s1"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        deadline = time.monotonic() + 30
+        while not opening.exists():
+            assert server.process.poll() is None and time.monotonic() < deadline, server.log
+            time.sleep(0.02)
+        assert not ready.exists(), "a stale ready file must not announce a server still starting"
+        gate.touch()
+        while not ready.exists():
+            assert server.process.poll() is None and time.monotonic() < deadline, server.log
+            time.sleep(0.02)
+        assert json.loads(ready.read_text()) == {"pid": server.process.pid, "bind": [endpoint], "connect": [],
+                                                 "metrics_port": metrics_port, "stream_id": "s1"}
+        with BatchClient(endpoint, timeout_s=10) as client:
+            assert client.receive().array("data").shape == (2, 1, 2, 2)
+        assert server.stop() == 0, server.log
+    assert not ready.exists(), "a stopped server must not stay announced"
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file is left behind"
