@@ -195,7 +195,7 @@ def test_an_hdf5_file_truncated_while_served_is_reported_not_served_as_zeros(tmp
 
 
 def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
-    from datasets import random_images, write_lmdb
+    from harness.datasets import random_images, write_lmdb
 
     from server.sources import LmdbSource
 
@@ -231,7 +231,7 @@ def test_an_lmdb_overwritten_while_served_is_read_as_the_snapshot_the_reader_beg
     import subprocess
     import sys
 
-    from datasets import random_images, write_lmdb
+    from harness.datasets import random_images, write_lmdb
 
     from server.sources import LmdbSource
 

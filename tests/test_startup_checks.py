@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from client_layer import wire
-from datasets import random_images, write_npz
+from harness.datasets import random_images, write_npz
 from server.__main__ import main
 from server.caffe_proto import write_mean_binaryproto
 from server.config import ConfigError, parse_config, prepare
