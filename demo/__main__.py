@@ -21,7 +21,6 @@ reading).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import subprocess
@@ -29,22 +28,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from string import Template
 from typing import Dict, List, Optional
 
 from demo.dataset import IMAGE_SIDE, DigitsDataset, build_dataset
+from demo.nets import DEFAULT_ITERATIONS, SCALE, SEED, TEST_BATCH, TRAIN_BATCH, write_prototxts
 from harness.children import ChildError, ChildProcess, ServerProcess, caffe_python, free_port
 
-DEMO_DIR = Path(__file__).resolve().parent
-NET_TEMPLATE = DEMO_DIR / "lenet_digits_train_val.prototxt"
-SOLVER_TEMPLATE = DEMO_DIR / "lenet_digits_solver.prototxt"
-TRAIN_SCRIPT = DEMO_DIR / "train.py"
-
-TRAIN_BATCH = 64
-TEST_BATCH = 100
-SCALE = 0.00390625  # 1/256, as Caffe's LeNet example
-SEED = 0
-DEFAULT_ITERATIONS = 300
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 DISPLAY = 50
 MIN_ACCURACY = 0.8
 READY_TIMEOUT_S = 30.0
@@ -77,32 +67,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def _quoted(text: str) -> str:
-    # The inside of a prototxt string; JSON escapes are valid prototxt escapes.
-    return json.dumps(text)[1:-1]
-
-
-def write_prototxts(workdir: Path, dataset: DigitsDataset, train_address: str, test_address: str,
-                    iterations: int) -> Path:
-    """Fill in the templates into ``workdir``; returns the solver's path."""
-    if dataset.test_count % TEST_BATCH:
-        raise ValueError("%d test images do not fill batches of %d: a test pass would not cover "
-                         "each once" % (dataset.test_count, TEST_BATCH))
-    net_path = workdir / NET_TEMPLATE.name
-    solver_path = workdir / SOLVER_TEMPLATE.name
-    # The address is JSON inside a single-quoted prototxt string: neither may hold a quote.
-    net_path.write_text(Template(NET_TEMPLATE.read_text()).substitute(
-        TRAIN_ADDRESS=train_address, TEST_ADDRESS=test_address, CLASS_COUNT=dataset.class_count))
-    solver_path.write_text(Template(SOLVER_TEMPLATE.read_text()).substitute(
-        NET=_quoted(str(net_path)), TEST_ITER=dataset.test_count // TEST_BATCH,
-        TEST_INTERVAL=max(1, iterations // 3), MAX_ITER=iterations))
-    return solver_path
-
-
 def server_args(dataset: DigitsDataset, lmdb: Path, phase: str, batch_size: int) -> List[str]:
     return ["--source", "lmdb:%s" % lmdb, "--phase", phase, "--batch-size", str(batch_size),
             "--workers", "1", "--seed", str(SEED), "--mean-file", str(dataset.mean_file),
             "--scale", repr(SCALE), "--bind", "tcp://127.0.0.1:%d" % free_port()]
+
+
+def trainer_command(caffe_python: str, solver_path: Path, test_count: int) -> List[str]:
+    """How the demo runs train.py (the trainer image runs the same, tests/test_deploy.py checks)."""
+    return [caffe_python, str(TRAIN_SCRIPT), str(solver_path), "--test-samples", str(test_count),
+            "--display", str(DISPLAY), "--min-accuracy", str(MIN_ACCURACY)]
 
 
 def run_trainer(caffe_python: str, solver_path: Path, test_count: int,
@@ -112,8 +86,7 @@ def run_trainer(caffe_python: str, solver_path: Path, test_count: int,
     Raises ChildError when a server exits meanwhile (the trainer would only
     time out waiting for data) or the trainer overruns ``TRAINER_TIMEOUT_S``.
     """
-    command = [caffe_python, str(TRAIN_SCRIPT), str(solver_path), "--test-samples", str(test_count),
-               "--display", str(DISPLAY), "--min-accuracy", str(MIN_ACCURACY)]
+    command = trainer_command(caffe_python, solver_path, test_count)
     deadline = time.monotonic() + TRAINER_TIMEOUT_S
     trainer = ChildProcess(command, None, name="the trainer")  # its output is the demo's
     try:
