@@ -50,7 +50,7 @@ class ChildError(RuntimeError):
     """A child failed to start, to get ready, to finish or to stop in time.
 
     ``command``: its argv (empty when no child ran, e.g. a missing interpreter);
-    ``status``: its exit status, None if it had not exited (it has been killed since);
+    ``status``: its exit status (-9: killed, e.g. by the harness at a deadline), None while it runs;
     ``log_tail``: the last lines of its log. The message holds all three.
     """
 
