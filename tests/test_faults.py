@@ -286,6 +286,7 @@ def test_a_server_whose_files_all_vanish_stops_saying_so_instead_of_spinning(tmp
             "tcp://127.0.0.1:%d" % port, "--batch-size", "4", "--workers", "2", "--max-batches-per-message", "1"]
     with ServerProcess(args, tmp_path / "server.log") as server, \
             BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=1, prefetch=1) as client:
+        server.wait_ready()  # the 1 s receive timeout is for batches, not for a start-up on a busy machine
         client.receive()
         for image in tmp_path.glob("*.png"):
             image.unlink()
