@@ -31,7 +31,8 @@ from typing import List
 
 from bench import dataset, loader, transport
 from bench.report import cpu_model
-from bench.children import REPO, ChildError, Children, caffe_python, python_env
+from bench.children import Children
+from harness.children import REPO, ChildError, caffe_python, child_env
 
 RESULTS = REPO / "bench" / "RESULTS.md"
 LOG_DIR = dataset.CACHE_DIR / "logs"
@@ -61,7 +62,7 @@ def check_caffe_python() -> str:
     """The Caffe Python's version; fails early, with the fix, if it lacks a module."""
     python = caffe_python()
     probe = subprocess.run([python, "-c", "import sys, caffe, cv2, lmdb, zmq, msgpack; print(sys.version.split()[0])"],
-                           env=python_env(), capture_output=True, text=True, timeout=120)
+                           env=child_env(), capture_output=True, text=True, timeout=120)
     if probe.returncode != 0:
         raise ChildError("%s cannot import what the benchmark needs (caffe, cv2, lmdb, zmq, msgpack); "
                          "the queue-layer baseline needs `pip install lmdb` there:\n%s"
@@ -157,7 +158,7 @@ def run_more(quick: bool) -> str:
     for name in MORE:
         print("bench.%s" % name, file=sys.stderr)
         command = [sys.executable, "-m", "bench." + name] + (["--quick"] if quick else [])
-        result = subprocess.run(command, cwd=str(REPO), env=python_env(), capture_output=True, text=True,
+        result = subprocess.run(command, cwd=str(REPO), env=child_env(), capture_output=True, text=True,
                                 timeout=1200)
         output = result.stdout.strip() or "(no output)"
         if result.returncode != 0:

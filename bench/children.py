@@ -1,31 +1,25 @@
-"""Child processes of the benchmark: started in their own process group,
-joined with a deadline, and killed (group and all) whatever way the run ends.
+"""The benchmarks' children: all of them ended whatever way a run ends, and the result a
+measuring child prints.
 
-Every child also gets PDEATHSIG, so even a SIGKILLed benchmark takes its
-direct children with it. Their own children die with the group kill; the
-server's workers also die with the server (their own PDEATHSIG), but the
-queue layer's loaders, like any user's, outlive a SIGKILLed Caffe.
+Starting, deadlines, death with the parent and ``ChildError`` are
+``harness.children``'s. A benchmark's child prints its result as one JSON
+object on the last line of its stdout; its stderr goes to
+``<log_dir>/<name>.log``. The server's workers die with the server, but the
+queue layer's loaders, like any user's, outlive a SIGKILLed Caffe: a
+child's whole group is killed once it has exited.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import AbstractSet, Callable, Dict, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
+from harness.children import ChildError, ChildProcess
+
 TERM_GRACE_S = 3.0
-_PR_SET_PDEATHSIG = 1
-
-
-class ChildError(RuntimeError):
-    """A child failed or overran its deadline; the message ends with its log."""
 
 
 def print_report(prog: str, log_dir: Path, produce: Callable[[], str]) -> int:
@@ -41,142 +35,56 @@ def print_report(prog: str, log_dir: Path, produce: Callable[[], str]) -> int:
     return 0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def caffe_python() -> str:
-    """The Python with pycaffe: ``$ZFEED_CAFFE_PYTHON``, else ``<repo>/.venv-caffe/bin/python``."""
-    path = os.environ.get("ZFEED_CAFFE_PYTHON") or str(REPO / ".venv-caffe" / "bin" / "python")
-    if not os.path.isfile(path):
-        raise ChildError("no Caffe Python at %s: run `./dev setup` or set ZFEED_CAFFE_PYTHON" % path)
-    return path
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _preexec(cpus: Optional[AbstractSet[int]]):
-    """What a child runs between fork and exec: die with this process, pinned to ``cpus`` if given."""
-    if cpus is None:
-        return _die_with_parent
-    pinned = frozenset(cpus)
-
-    def pin_and_die_with_parent() -> None:
-        _die_with_parent()
-        os.sched_setaffinity(0, pinned)
-    return pin_and_die_with_parent
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
 class Children:
     """Starts children and, on ``close()`` (or leaving the ``with``), ends all of them."""
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._running: List[subprocess.Popen] = []
-        self._logs: Dict[int, Path] = {}
+        self._running: List[ChildProcess] = []
 
     def start(self, name: str, command: Sequence[str], env: Optional[Dict[str, str]] = None,
-              cpus: Optional[AbstractSet[int]] = None) -> subprocess.Popen:
+              cpus: Optional[AbstractSet[int]] = None) -> ChildProcess:
         """Start ``command``; its stdout is a pipe, its stderr goes to ``<log_dir>/<name>.log``.
 
         ``cpus``: pin the child to these CPUs before it runs; its threads and
         the processes it forks (a server's workers) inherit the pinning.
         """
-        log_path = self.log_dir / ("%s.log" % name)
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=log,
-                                       stdin=subprocess.DEVNULL, env=env, cwd=str(REPO),
-                                       start_new_session=True, preexec_fn=_preexec(cpus))
-        self._running.append(process)
-        self._logs[process.pid] = log_path
-        return process
+        child = ChildProcess(command, self.log_dir / ("%s.log" % name), env=env, cpus=cpus, stdout_pipe=True)
+        self._running.append(child)
+        return child
 
-    def result(self, process: subprocess.Popen, deadline_s: float) -> dict:
-        """Wait up to ``deadline_s`` for ``process`` and parse the JSON object it printed last.
+    def result(self, child: ChildProcess, deadline_s: float) -> dict:
+        """Wait up to ``deadline_s`` for ``child`` and parse the JSON object it printed last.
 
         Waits for the process, not for the end of its output: its own children
-        (queue-layer loaders) may hold the pipe open until the group is killed.
+        (queue-layer loaders) may hold the pipe open until its group is killed.
         """
-        try:
-            process.wait(deadline_s)
-        except subprocess.TimeoutExpired:
-            self.stop(process)
-            raise ChildError("%s did not finish within %.0f s; its log:\n%s"
-                             % (" ".join(process.args[:4]), deadline_s, _tail(self._logs[process.pid])))
-        self._kill_group(process)
-        out = process.stdout.read()
-        process.stdout.close()
-        self._forget(process)
+        status = child.wait(deadline_s)
+        child.stop()  # it has exited: this kills what it left behind, which ends its output
+        out = child.process.stdout.read()
+        self.stop(child)
         lines = out.decode(errors="replace").strip().splitlines()
-        if process.returncode != 0 or not lines:
-            raise ChildError("%s exited with status %s; its log:\n%s"
-                             % (" ".join(process.args[:4]), process.returncode,
-                                _tail(self._logs[process.pid])))
+        if status != 0 or not lines:
+            raise child.error("exited with status %s%s" % (status, "" if lines else " and printed no result"))
         return json.loads(lines[-1])
 
-    def check_alive(self, process: subprocess.Popen, what: str) -> None:
-        if process.poll() is not None:
-            raise ChildError("%s exited early with status %s; its log:\n%s"
-                             % (what, process.returncode, _tail(self._logs[process.pid])))
-
-    def stop(self, process: subprocess.Popen) -> None:
-        """SIGTERM the child's group, then SIGKILL it after ``TERM_GRACE_S``."""
-        for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, TERM_GRACE_S)):
-            if process.poll() is not None:
-                break
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-        self._kill_group(process)
-        if process.stdout is not None:
-            process.stdout.close()
-        self._forget(process)
-
-    @staticmethod
-    def _kill_group(process: subprocess.Popen) -> None:
+    def stop(self, child: ChildProcess) -> Optional[int]:
+        """SIGTERM the child's group, then SIGKILL it after ``TERM_GRACE_S``; its exit status
+        (None: killed)."""
         try:
-            os.killpg(process.pid, signal.SIGKILL)  # stragglers left in the child's group
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def _forget(self, process: subprocess.Popen) -> None:
-        if process in self._running:
-            self._running.remove(process)
+            return child.stop(signal.SIGTERM, TERM_GRACE_S, whole_group=True)
+        finally:
+            child.close()
+            if child in self._running:
+                self._running.remove(child)
 
     def close(self) -> None:
-        for process in list(self._running):
-            self.stop(process)
+        for child in list(self._running):
+            self.stop(child)
 
     def __enter__(self) -> "Children":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def python_env(extra_path: str = str(REPO)) -> Dict[str, str]:
-    """The environment of a child: quiet Caffe, the repo importable."""
-    return dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=extra_path, PYTHONUNBUFFERED="1")
-
-
-PYTHON = sys.executable

@@ -42,7 +42,8 @@ import numpy as np
 import simplejpeg
 
 from bench import dataset, report
-from bench.children import REPO, Children, caffe_python, print_report, python_env
+from bench.children import Children, print_report
+from harness.children import REPO, caffe_python, child_env
 from server.caffe_proto import Datum
 from server.decode import COLOR_NATIVE, decode_image
 
@@ -154,7 +155,7 @@ def difference(pixels: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
 def caffe_reference(children: Children, count: int) -> np.ndarray:
     out = dataset.CACHE_DIR / ("caffe-decoded-%d.npy" % count)
     process = children.start("decoders-caffe", [caffe_python(), CAFFE_DECODE, str(dataset.jpeg_lmdb()),
-                                                 str(out), "--count", str(count)], python_env())
+                                                 str(out), "--count", str(count)], child_env())
     children.result(process, CAFFE_DEADLINE_S)
     return np.load(out)
 

@@ -40,7 +40,6 @@ import argparse
 import linecache
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -52,7 +51,8 @@ import cv2
 import simplejpeg
 
 from bench import dataset, report
-from bench.children import REPO, ChildError, Children, print_report
+from bench.children import Children, print_report
+from harness.children import REPO, ChildError
 from bench.decoders import jpeg_bytes
 from bench.server_rate import ServedStream
 from server.decode import COLOR_NATIVE, decode_image, simplejpeg_colorspace
@@ -198,14 +198,10 @@ def profile(children: Children, source: str, plan: Plan, svg: bool) -> Dict[str,
             rate = stream.measure(plan.profile_s - 1.0)
             if measured is None:
                 measured = rate
-            try:
-                spy.wait(plan.profile_s + 30)
-            except subprocess.TimeoutExpired:
-                children.stop(spy)
-                raise ChildError("py-spy did not finish; see %s" % LOG_DIR)
+            status = spy.wait(plan.profile_s + 30)  # ChildError, with its log, when it overruns
             children.stop(spy)
-            if spy.returncode != 0:
-                raise ChildError("py-spy exited with status %s (log in %s)" % (spy.returncode, LOG_DIR))
+            if status != 0:
+                raise spy.error("exited with status %s" % status)
     categories, functions, total = summarize_profile(PROFILE_RAW)
     us_per_image = 1e6 / measured["images_s"]
     return {"categories": categories, "functions": functions, "total": total,

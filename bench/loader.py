@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from bench.children import PYTHON, REPO, Children, caffe_python, free_port, python_env
+from bench.children import Children
+from harness.children import PYTHON, REPO, caffe_python, child_env, free_port
 
 CAFFE_FEED = str(REPO / "bench" / "caffe_feed.py")
 STARTUP_ALLOWANCE_S = 60.0
@@ -48,16 +49,16 @@ def run_one(children: Children, lmdb: Path, name: str, mode: str, workers: int,
     server = None
     if mode == "zmq":
         port = free_port()
-        server = children.start("loader-%s-server" % tag, server_command(lmdb, port, workers), python_env())
+        server = children.start("loader-%s-server" % tag, server_command(lmdb, port, workers), child_env())
         feed += ["--address", "tcp://127.0.0.1:%d" % port]
     else:
         feed += ["--lmdb", str(lmdb)]
     try:
-        trainer = children.start("loader-%s-caffe" % tag, feed, python_env())
+        trainer = children.start("loader-%s-caffe" % tag, feed, child_env())
         deadline = STARTUP_ALLOWANCE_S + (batches + warmup) * 64 / SLOWEST_IMAGES_S
         result = children.result(trainer, deadline)
         if server is not None:
-            children.check_alive(server, "the data server")
+            server.check_running()
     finally:
         if server is not None:
             children.stop(server)

@@ -1,8 +1,8 @@
 """Across hosts: images/s from 1 and 2 server hosts, and uint8 vs float32 over shaped links.
 
 ``python -m bench.multihost`` creates hosts as network namespaces joined by a
-bridge (tests/netns.py; needs root), runs real servers in the server hosts
-and a receiving trainer (tests/trainer_probe.py, which validates every batch)
+bridge (harness/netns.py; needs root), runs real servers in the server hosts
+and a receiving trainer (harness/trainer_probe.py, which validates every batch)
 in the trainer host, on the JPEG LMDB of bench/dataset.py with crop 227,
 mirror and mean values, batch 64.
 
@@ -22,18 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import List
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-import netns  # noqa: E402
-from bench.dataset import jpeg_lmdb  # noqa: E402
-from processes import ServerProcess  # noqa: E402
+from bench.dataset import jpeg_lmdb
+from harness import netns
+from harness.children import PYTHON, ChildProcess, ServerProcess
 
 PORT = 5555
 BATCH = 64
@@ -44,11 +41,12 @@ TRANSFORM = ["--crop-size", "227", "--mirror", "--mean-value", "104,117,123", "-
 
 def _receive(net: "netns.Network", addresses: List[str], batches: int, workdir: Path) -> dict:
     out = workdir / "trainer.json"
-    argv = [sys.executable, str(REPO / "tests" / "trainer_probe.py"), str(out), str(batches), "--timeout", "60"]
+    argv = [PYTHON, "-m", "harness.trainer_probe", str(out), str(batches), "--timeout", "60"]
     argv += [a for address in addresses for a in ("--connect", address)]
-    result = subprocess.run(net.hosts["trainer"].command(argv), capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError("trainer failed:\n" + result.stdout + result.stderr)
+    with ChildProcess(net.hosts["trainer"].command(argv), workdir / "trainer.log") as trainer:
+        status = trainer.wait(300)
+        if status != 0:
+            raise trainer.error("exited with status %d" % status)
     report = json.loads(out.read_text())
     first_excluded = report["batches"][1:]  # the clock starts at the first batch
     return {"images_per_s": len(first_excluded) * BATCH / report["seconds"],
@@ -59,22 +57,17 @@ def _receive(net: "netns.Network", addresses: List[str], batches: int, workdir: 
 def run_servers(server_count: int, batches: int, workdir: Path, extra=(), rate: str = "") -> dict:
     source = "lmdb:%s" % jpeg_lmdb()
     names = ["server%d" % i for i in range(server_count)] + ["trainer"]
-    with netns.Network(names) as net:
-        servers = []
-        try:
-            for i in range(server_count):
-                host = net.hosts["server%d" % i]
-                if rate:
-                    net.shape(host.name, rate)
-                shard = ["--shard", "%d/%d" % (i, server_count)] if server_count > 1 else []
-                servers.append(ServerProcess(
-                    ["--source", source, "--bind", "tcp://%s:%d" % (host.address, PORT), "--workers", "1",
-                     *TRANSFORM, *shard, *extra], workdir / ("server%d.log" % i), prefix=host.command([])))
-            return _receive(net, ["tcp://%s:%d" % (net.hosts["server%d" % i].address, PORT)
-                                  for i in range(server_count)], batches, workdir)
-        finally:
-            for server in servers:
-                server.close()
+    with netns.Network(names) as net, ExitStack() as servers:
+        for i in range(server_count):
+            host = net.hosts["server%d" % i]
+            if rate:
+                net.shape(host.name, rate)
+            shard = ["--shard", "%d/%d" % (i, server_count)] if server_count > 1 else []
+            servers.enter_context(ServerProcess(
+                ["--source", source, "--bind", "tcp://%s:%d" % (host.address, PORT), "--workers", "1",
+                 *TRANSFORM, *shard, *extra], workdir / ("server%d.log" % i), prefix=host.command([])))
+        return _receive(net, ["tcp://%s:%d" % (net.hosts["server%d" % i].address, PORT)
+                              for i in range(server_count)], batches, workdir)
 
 
 def median_of(rounds: int, measure) -> dict:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from bench import dataset, report
-from bench.children import REPO, ChildError, Children
+from bench.children import Children
+from harness.children import REPO, ChildError
 from bench.server_rate import ServedStream
 
 LOG_DIR = dataset.CACHE_DIR / "logs"

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import AbstractSet, List, Optional, Sequence
 
-from bench.children import PYTHON, Children, free_port, python_env
+from bench.children import Children
+from harness.children import PYTHON, child_env, child_pids, free_port
 
 BATCH = 64
 TRANSFORM = ("--crop-size", "227", "--mirror", "--mean-value", "104,117,123", "--batch-size", str(BATCH))
@@ -41,17 +42,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime: fields 14 and 15 of stat
 
 
-def child_pids(pid: int) -> List[int]:
-    """Direct children of ``pid`` (the server's loader workers), from /proc."""
-    pids: List[int] = []
-    try:
-        for task in Path("/proc/%d/task" % pid).iterdir():
-            pids += [int(p) for p in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return sorted(set(pids))
-
-
 class ServedStream:
     """A running server and this process's client of it; ``close`` ends both."""
 
@@ -62,7 +52,7 @@ class ServedStream:
 
         self.children = children
         port = free_port()
-        self.server = children.start(name, server_command(source, port, workers, wire_format, extra), python_env(),
+        self.server = children.start(name, server_command(source, port, workers, wire_format, extra), child_env(),
                                      cpus=cpus)
         self.client = BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=STARTUP_TIMEOUT_S)
         self.batch_bytes: Optional[int] = None
@@ -74,7 +64,7 @@ class ServedStream:
         try:
             batch = self.client.receive()
         except TimeoutError:
-            self.children.check_alive(self.server, "the data server")  # its own error first
+            self.server.check_running()  # its own error first
             raise
         if self._first:
             self._first = False
@@ -111,7 +101,7 @@ class ServedStream:
 
     def close(self) -> None:
         self.client.close()
-        self.children.check_alive(self.server, "the data server")
+        self.server.check_running()
         self.children.stop(self.server)
 
     def __enter__(self) -> "ServedStream":

@@ -42,7 +42,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from bench import dataset, transport
-from bench.children import PYTHON, REPO, Children, caffe_python, free_port, print_report, python_env
+from bench.children import Children, print_report
+from harness.children import PYTHON, REPO, caffe_python, child_env, free_port
 from bench.report import cpu_model, machine_line, markdown_table, median, paired_ratio, runs, verdict
 
 CACHE = dataset.CACHE_DIR / "small"
@@ -163,7 +164,7 @@ def python_layer(module: str, layer: str, params: dict) -> str:
 def rate(children: Children, plan: Plan, net: Path, tag: str) -> dict:
     trainer = children.start("small-%s-caffe" % tag, [caffe_python(), NET_RATE, str(net), "--seconds",
                                                       str(plan.seconds), "--warmup-seconds", str(plan.warmup_s)],
-                             python_env())
+                             child_env())
     return children.result(trainer, STARTUP_S + plan.warmup_s + plan.seconds)
 
 
@@ -178,13 +179,13 @@ def measure(children: Children, plan: Plan, case: Case, way: str, tag: str) -> d
     port = free_port()
     server = children.start("small-%s-server" % tag,
                             [PYTHON, "-m", "server", "--from-prototxt", str(caffe_net), "--phase", "train",
-                             "--workers", str(WORKERS), "--bind", "tcp://127.0.0.1:%d" % port], python_env())
+                             "--workers", str(WORKERS), "--bind", "tcp://127.0.0.1:%d" % port], child_env())
     net = write_net(CACHE / ("%s-zfeed.prototxt" % tag),
                     python_layer("client_layer", "ZmqDataLayer",
                                  {"address": "tcp://127.0.0.1:%d" % port, "timeout_s": 60}))
     try:
         result = rate(children, plan, net, tag + "-zfeed")
-        children.check_alive(server, "the data server")
+        server.check_running()
     finally:
         children.stop(server)
     return result
@@ -248,7 +249,7 @@ def first_batch_s(children: Children, lmdb: Path, order: str, tag: str) -> float
     server = children.start("small-first-%s" % tag, [PYTHON, "-m", "server", "--source", "lmdb:%s" % lmdb,
                                                      ORDERS[order], "--workers", str(WORKERS),
                                                      "--batch-size", str(BATCH),
-                                                     "--bind", "tcp://127.0.0.1:%d" % port], python_env())
+                                                     "--bind", "tcp://127.0.0.1:%d" % port], child_env())
     try:
         with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=STARTUP_S) as client:
             client.receive()

@@ -23,14 +23,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
-
-from client_layer import BatchClient  # noqa: E402
-from datasets import random_images, write_lmdb  # noqa: E402
-from processes import ServerProcess, child_pids, free_port  # noqa: E402
+from client_layer import BatchClient
+from harness.children import ServerProcess, child_pids, free_port
+from harness.datasets import random_images, write_lmdb
 
 SAMPLES = 400
 BATCH = 16
@@ -58,7 +55,7 @@ class SoakReport:
     missing: int = 0
     complete_epochs: int = 0
     rss: Dict[str, List[int]] = field(default_factory=lambda: {"server": [], "workers": []})
-    server_exit: int = -1
+    server_exit: Optional[int] = None  # None: killed, having overrun its stop deadline
 
     def lines(self) -> List[str]:
         out = ["soak of %.0f s: %d batches, %d worker kills, %d trainer restarts"
@@ -69,7 +66,8 @@ class SoakReport:
             if series:
                 out.append("RSS %-7s start %6.1f MB, end %6.1f MB, max %6.1f MB"
                            % (role, series[0] / 1024, series[-1] / 1024, max(series) / 1024))
-        out.append("server exit status %d" % self.server_exit)
+        out.append("server exit status %s" % ("none: killed after its stop deadline" if self.server_exit is None
+                                              else self.server_exit))
         return out
 
 
@@ -83,7 +81,7 @@ def run_soak(seconds: float, workdir: Path, kill_every: float = 2.0, restart_eve
     counts: Counter = Counter()
     rng = random.Random(1)
     with ServerProcess(args, workdir / "soak_server.log") as server:
-        server.wait_for_log("serving")
+        server.wait_ready()
         started = time.monotonic()
         next_kill, next_restart, next_sample = started + kill_every, started + restart_every, started
         client = BatchClient(address, timeout_s=30)

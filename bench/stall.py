@@ -70,8 +70,9 @@ import lmdb
 import numpy as np
 
 from bench import dataset, report
-from bench.children import REPO, Children, caffe_python, free_port, print_report, python_env
-from bench.server_rate import child_pids, server_command
+from bench.children import Children, print_report
+from harness.children import REPO, caffe_python, child_env, child_pids, free_port
+from bench.server_rate import server_command
 from server.caffe_proto import Datum, image_to_datum
 
 LOG_DIR = dataset.CACHE_DIR / "logs"
@@ -222,13 +223,13 @@ def run(quick: bool) -> str:
             layers = children.result(children.start(
                 "stall-%s-layer-times" % plan.net,
                 [caffe_python(), CAFFE_SIDE, "layer-times", "--net", plan.net, "--memory-pixels", str(memory_pixels()),
-                 "--repeats", str(LAYER_REPEATS)], dict(python_env(), **ONE_BLAS_THREAD), trainer_cpus),
+                 "--repeats", str(LAYER_REPEATS)], dict(child_env(), **ONE_BLAS_THREAD), trainer_cpus),
                 STARTUP_ALLOWANCE_S + 2 * (LAYER_REPEATS + 1) * plan.slowest_iteration_s)
             sections += [layer_table(plan, layers), ""]
         repeats = forward_repeats(quick)
         cost = children.result(children.start("stall-forward-cost", [caffe_python(), CAFFE_SIDE, "forward-cost",
                                                                      "--repeats", str(repeats)],
-                                              python_env()), STARTUP_ALLOWANCE_S + repeats)
+                                              child_env()), STARTUP_ALLOWANCE_S + repeats)
     return "\n".join([head, "", common_notes(), ""] + sections + [cost_table(repeats, cost)])
 
 
@@ -246,16 +247,16 @@ def run_placement(children: Children, plan: Plan, placement: Placement) -> Tuple
     for number, (name, source, wire_format) in enumerate(configs):
         port = free_port()
         servers.append((name, children.start("stall-%s-%s-server-%d" % (plan.net, placement.tag, number),
-                                             server_command(source, port, 1, wire_format), python_env(),
+                                             server_command(source, port, 1, wire_format), child_env(),
                                              placement.server_cpus)))
         command += ["--feed", "%s=tcp://127.0.0.1:%d" % (name, port)]
     iterations = (plan.warmup + plan.rounds * plan.iterations) * (len(configs) + 3)
     trainer = children.start("stall-%s-%s-caffe" % (plan.net, placement.tag), command,
-                             dict(python_env(), **placement.trainer_env), placement.trainer_cpus)
+                             dict(child_env(), **placement.trainer_env), placement.trainer_cpus)
     stall = children.result(trainer, STARTUP_ALLOWANCE_S + iterations * plan.slowest_iteration_s)
     where = [trainer_placement(stall["trainer"])]
     for name, server in servers:
-        children.check_alive(server, "the server of %r" % name)
+        server.check_running()
         workers = child_pids(server.pid)
         where.append("server of %s: supervisor on %s, %d worker(s) on %s"
                      % (name, allowed_cpus(server.pid), len(workers),

@@ -33,7 +33,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import zmq
 
-from bench.children import PYTHON, Children, free_port, python_env
+from bench.children import Children
+from harness.children import PYTHON, child_env, free_port
 from client_layer import wire
 
 RECEIVE_TIMEOUT_S = 30.0
@@ -195,16 +196,16 @@ def run(children: Children, rounds: int, seconds: float, warmup_s: float,
             port = free_port()
             role = [PYTHON, "-m", "bench.transport"] + shape.arguments()
             sender = children.start("transport-%s-send-%d" % (kind, round_number),
-                                    role + ["%s-send" % kind, "--port", str(port)], python_env())
+                                    role + ["%s-send" % kind, "--port", str(port)], child_env())
             receiver = children.start("transport-%s-recv-%d" % (kind, round_number),
                                       role + ["%s-recv" % kind, "--port", str(port),
                                               "--seconds", str(seconds), "--warmup", str(warmup_s)],
-                                      python_env())
+                                      child_env())
             try:
                 try:
                     result = children.result(receiver, warmup_s + seconds + RECEIVE_TIMEOUT_S + 10)
                 finally:
-                    children.check_alive(sender, "the %s sender" % kind)  # its error first
+                    sender.check_running()  # its error first
             finally:
                 children.stop(sender)
             result["mb_s"] = result["bytes"] / result["seconds"] / 1e6

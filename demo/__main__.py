@@ -1,11 +1,15 @@
 """``python -m demo``: train a small LeNet on scikit-learn's digits, fed by two zfeed servers.
 
 Steps: build the data set (``demo.dataset``); start a train and a test data
-server on free ports of 127.0.0.1; fill in the prototxt templates of this
-folder; run ``demo/train.py`` under the Caffe Python (``$ZFEED_CAFFE_PYTHON``,
-else ``<repo>/.venv-caffe/bin/python``), whose summary block and exit status
-are the demo's verdict; stop both servers with SIGTERM and check they exit 0.
-The servers are stopped whatever happens (error, Ctrl-C, SIGTERM).
+server on free ports of 127.0.0.1 and wait until each has written its ready
+file; fill in the prototxt templates of this folder with the endpoints the
+servers announce; run ``demo/train.py`` under the Caffe Python
+(``$ZFEED_CAFFE_PYTHON``, else ``<repo>/.venv-caffe/bin/python``), whose
+summary block and exit status are the demo's verdict; stop both servers with
+SIGTERM and check they exit 0 (the server exits 0 after a clean stop, see
+server/supervisor.py ``NOTE [ Shutdown protocol ]``). The servers are
+stopped whatever happens (error, Ctrl-C, SIGTERM), and die with the demo
+should it be killed outright (``harness.children``).
 
 Exit status: 0 when training passed its checks and both servers exited 0;
 the trainer's status when it failed; 1 for any other failure; 2 for bad
@@ -17,8 +21,6 @@ reading).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,24 +28,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from string import Template
 from typing import Dict, List, Optional
 
 from demo.dataset import IMAGE_SIDE, DigitsDataset, build_dataset
-from demo.servers import REPO, ChildError, DataServerProcess, end_child, start_child
+from demo.nets import DEFAULT_ITERATIONS, SCALE, SEED, TEST_BATCH, TRAIN_BATCH, write_prototxts
+from harness.children import ChildError, ChildProcess, ServerProcess, caffe_python, free_port
 
-DEMO_DIR = Path(__file__).resolve().parent
-NET_TEMPLATE = DEMO_DIR / "lenet_digits_train_val.prototxt"
-SOLVER_TEMPLATE = DEMO_DIR / "lenet_digits_solver.prototxt"
-TRAIN_SCRIPT = DEMO_DIR / "train.py"
-
-TRAIN_BATCH = 64
-TEST_BATCH = 100
-SCALE = 0.00390625  # 1/256, as Caffe's LeNet example
-SEED = 0
-DEFAULT_ITERATIONS = 300
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 DISPLAY = 50
 MIN_ACCURACY = 0.8
+READY_TIMEOUT_S = 30.0
 TRAINER_TIMEOUT_S = 600.0
 TRAINER_STOP_S = 5.0
 WATCH_INTERVAL_S = 0.2  # how often the servers are checked while the trainer runs
@@ -73,72 +67,49 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
-def find_caffe_python() -> str:
-    """``$ZFEED_CAFFE_PYTHON``, else ``<repo>/.venv-caffe/bin/python``; ChildError if missing."""
-    path = os.environ.get("ZFEED_CAFFE_PYTHON") or str(REPO / ".venv-caffe" / "bin" / "python")
-    if not os.path.isfile(path):
-        raise ChildError("no Caffe Python at %s: run `./dev setup` (or set ZFEED_CAFFE_PYTHON)" % path)
-    return path
-
-
-def _quoted(text: str) -> str:
-    # The inside of a prototxt string; JSON escapes are valid prototxt escapes.
-    return json.dumps(text)[1:-1]
-
-
-def write_prototxts(workdir: Path, dataset: DigitsDataset, train_address: str, test_address: str,
-                    iterations: int) -> Path:
-    """Fill in the templates into ``workdir``; returns the solver's path."""
-    if dataset.test_count % TEST_BATCH:
-        raise ValueError("%d test images do not fill batches of %d: a test pass would not cover "
-                         "each once" % (dataset.test_count, TEST_BATCH))
-    net_path = workdir / NET_TEMPLATE.name
-    solver_path = workdir / SOLVER_TEMPLATE.name
-    # The address is JSON inside a single-quoted prototxt string: neither may hold a quote.
-    net_path.write_text(Template(NET_TEMPLATE.read_text()).substitute(
-        TRAIN_ADDRESS=train_address, TEST_ADDRESS=test_address, CLASS_COUNT=dataset.class_count))
-    solver_path.write_text(Template(SOLVER_TEMPLATE.read_text()).substitute(
-        NET=_quoted(str(net_path)), TEST_ITER=dataset.test_count // TEST_BATCH,
-        TEST_INTERVAL=max(1, iterations // 3), MAX_ITER=iterations))
-    return solver_path
-
-
 def server_args(dataset: DigitsDataset, lmdb: Path, phase: str, batch_size: int) -> List[str]:
     return ["--source", "lmdb:%s" % lmdb, "--phase", phase, "--batch-size", str(batch_size),
             "--workers", "1", "--seed", str(SEED), "--mean-file", str(dataset.mean_file),
-            "--scale", repr(SCALE)]
+            "--scale", repr(SCALE), "--bind", "tcp://127.0.0.1:%d" % free_port()]
+
+
+def trainer_command(caffe_python: str, solver_path: Path, test_count: int) -> List[str]:
+    """How the demo runs train.py (the trainer image runs the same, tests/test_deploy.py checks)."""
+    return [caffe_python, str(TRAIN_SCRIPT), str(solver_path), "--test-samples", str(test_count),
+            "--display", str(DISPLAY), "--min-accuracy", str(MIN_ACCURACY)]
 
 
 def run_trainer(caffe_python: str, solver_path: Path, test_count: int,
-                servers: List[DataServerProcess]) -> int:
+                servers: List[ServerProcess]) -> int:
     """Run train.py under ``caffe_python``, its output on ours; returns its exit status.
 
     Raises ChildError when a server exits meanwhile (the trainer would only
     time out waiting for data) or the trainer overruns ``TRAINER_TIMEOUT_S``.
     """
-    command = [caffe_python, str(TRAIN_SCRIPT), str(solver_path), "--test-samples", str(test_count),
-               "--display", str(DISPLAY), "--min-accuracy", str(MIN_ACCURACY)]
+    command = trainer_command(caffe_python, solver_path, test_count)
     deadline = time.monotonic() + TRAINER_TIMEOUT_S
-    trainer = start_child(command, stdout=None, stderr=None, die_signal=signal.SIGKILL)
+    trainer = ChildProcess(command, None, name="the trainer")  # its output is the demo's
     try:
         while True:
             try:
-                return trainer.wait(WATCH_INTERVAL_S)
+                return trainer.process.wait(WATCH_INTERVAL_S)
             except subprocess.TimeoutExpired:
                 pass
             for server in servers:
                 server.check_running()
             if time.monotonic() > deadline:
-                raise ChildError("the trainer did not finish within %.0f s" % TRAINER_TIMEOUT_S)
+                raise trainer.error("did not finish within %.0f s" % TRAINER_TIMEOUT_S)
     finally:
-        end_child(trainer, TRAINER_STOP_S)
+        trainer.stop(timeout_s=TRAINER_STOP_S)
+        trainer.close()
 
 
-def stop_servers(servers: Dict[str, DataServerProcess]) -> Dict[str, Optional[int]]:
+def stop_servers(servers: Dict[str, ServerProcess]) -> Dict[str, Optional[int]]:
     """Stop every server, print how each ended; returns name -> exit status (None: killed)."""
     statuses = {}
     for name, server in servers.items():
         statuses[name] = status = server.stop()
+        server.close()
         print("demo: %s data server %s" % (name, "exited 0" if status == 0 else "was killed"
                                            if status is None else "exited %d" % status), flush=True)
     return statuses
@@ -154,19 +125,19 @@ def run_demo(workdir: Path, iterations: int, caffe_python: str) -> int:
              time.monotonic() - started), flush=True)
     logs = workdir / "logs"
     logs.mkdir()
-    servers: Dict[str, DataServerProcess] = {}
+    servers: Dict[str, ServerProcess] = {}
     statuses: Dict[str, Optional[int]] = {}
     try:
         for name, lmdb, batch in (("train", dataset.train_lmdb, TRAIN_BATCH),
                                   ("test", dataset.test_lmdb, TEST_BATCH)):
-            servers[name] = DataServerProcess(name, server_args(dataset, lmdb, name, batch),
-                                              logs / ("%s-server.log" % name))
+            servers[name] = ServerProcess(server_args(dataset, lmdb, name, batch), logs / ("%s-server.log" % name),
+                                          name="the %s data server" % name)
+        addresses = {}
         for name, server in servers.items():
-            server.wait_ready()
+            addresses[name] = server.wait_ready(READY_TIMEOUT_S)["bind"][0]
             print("demo: %s data server (pid %d) serving on %s; log %s"
-                  % (name, server.process.pid, server.address, server.log_path), flush=True)
-        solver_path = write_prototxts(workdir, dataset, servers["train"].address,
-                                      servers["test"].address, iterations)
+                  % (name, server.pid, addresses[name], server.log_path), flush=True)
+        solver_path = write_prototxts(workdir, dataset, addresses["train"], addresses["test"], iterations)
         print("demo: training with %s" % solver_path, flush=True)
         train_status = run_trainer(caffe_python, solver_path, dataset.test_count, list(servers.values()))
     finally:
@@ -186,7 +157,7 @@ def _raise_interrupted(_signum, _frame) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        caffe_python = find_caffe_python()
+        trainer_python = caffe_python()
     except ChildError as exc:
         print("demo: error: %s" % exc, file=sys.stderr)
         return 1
@@ -198,7 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     status = 1
     try:
-        status = run_demo(workdir, args.iterations, caffe_python)
+        status = run_demo(workdir, args.iterations, trainer_python)
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
         status = 130

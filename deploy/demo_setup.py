@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from demo.__main__ import DEFAULT_ITERATIONS, NET_TEMPLATE, SEED, write_prototxts
+from demo.nets import DEFAULT_ITERATIONS, NET_TEMPLATE, SEED, write_prototxts
 from demo.dataset import DigitsDataset, build_dataset
 
 DATASET_RECORD = "dataset.json"  # written last: its presence means the data set is complete

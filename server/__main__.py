@@ -12,6 +12,7 @@ import signal
 import sys
 from typing import List, Optional
 
+from server import ready_file
 from server.config import ConfigError, parse_config, prepare
 from server.startup_signals import StartupInterrupted, StartupSignals, stopping_message
 from server.supervisor import DataServer, ServerError
@@ -30,6 +31,7 @@ def main(argv: Optional[List[str]] = None, ending_process: bool = True) -> int:
     try:
         with signals.watching():
             config = parse_config(argv)
+            ready_file.withdraw(config.ready_file)  # NOTE [ Ready file ]: before the source opens
             server = DataServer(config, prepare(config))
         return server.run()
     except StartupInterrupted as stop:
@@ -38,7 +40,7 @@ def main(argv: Optional[List[str]] = None, ending_process: bool = True) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    except ServerError as exc:
+    except (ServerError, ready_file.ReadyFileError) as exc:
         log.error("%s", exc)
         return 1
     finally:

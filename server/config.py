@@ -63,6 +63,7 @@ class ServerConfig(DataSpec):
     metrics_port: int
     wire_format: str
     compress: Optional[Tuple[str, Optional[int]]]  # (codec, zstd level)
+    ready_file: str  # "": none (server/ready_file.py)
 
     def codec(self) -> Optional[Codec]:
         """The codec of ``--compress``, or None to send frames raw."""
@@ -103,6 +104,8 @@ def _config_of(argv: List[str]) -> ServerConfig:
             raise ConfigError("--compress: %s" % exc) from None
     if args.state_dir and not os.path.isdir(args.state_dir):
         raise ConfigError("--state-dir %s is not a directory: create it or give another" % args.state_dir)
+    if args.ready_file:
+        _check_ready_file(args.ready_file)
     # The same endpoint twice (say from ZFEED_BIND and --bind) is one endpoint.
     bind = list(dict.fromkeys(args.bind)) or ([] if args.connect else [DEFAULT_BIND])
     connect = list(dict.fromkeys(args.connect))
@@ -123,7 +126,7 @@ def _config_of(argv: List[str]) -> ServerConfig:
         on_bad_sample=args.on_bad_sample, state_dir=args.state_dir,
         curve_secret_key=args.curve_secret_key, allow_client_keys=args.allow_client_key,
         shard=args.shard, metrics_port=args.metrics_port, wire_format=args.wire_format,
-        compress=args.compress,
+        compress=args.compress, ready_file=args.ready_file,
     )
     _check_values(config)
     return config
@@ -153,6 +156,15 @@ def _check_values(config: ServerConfig) -> None:
     for option, endpoints in (("--bind", config.bind), ("--connect", config.connect)):
         for endpoint in endpoints:
             _check_endpoint(option, endpoint)
+
+
+def _check_ready_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise ConfigError("--ready-file %s: is a directory; give a file path in it" % path)
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ConfigError("--ready-file %s: its directory %s does not exist: create it or give another"
+                          % (path, folder))
 
 
 def _check_endpoint(option: str, endpoint: str) -> None:

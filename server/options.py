@@ -39,7 +39,7 @@ ENVIRONMENT = {
     "ZFEED_MEAN_VALUE": "--mean-value", "ZFEED_MEAN_FILE": "--mean-file", "ZFEED_SCALE": "--scale",
     "ZFEED_METRICS_PORT": "--metrics-port", "ZFEED_STATE_DIR": "--state-dir",
     "ZFEED_ON_BAD_SAMPLE": "--on-bad-sample", "ZFEED_STREAM_ID": "--stream-id",
-    "ZFEED_WIRE_FORMAT": "--wire-format", "ZFEED_COMPRESS": "--compress",
+    "ZFEED_WIRE_FORMAT": "--wire-format", "ZFEED_COMPRESS": "--compress", "ZFEED_READY_FILE": "--ready-file",
 }
 # Variable -> option per endpoint, the endpoints separated by spaces or commas.
 ENVIRONMENT_LISTS = {"ZFEED_BIND": "--bind", "ZFEED_CONNECT": "--connect"}
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--connect", action="append", default=[],
                      help="endpoint of a trainer whose layer binds; repeat for several trainers")
     net.add_argument("--stream-id", default="", help="name of this server in batch headers (default host:pid)")
+    net.add_argument("--ready-file", default="", metavar="PATH",
+                     help="write PATH (JSON: pid, endpoints) once serving and remove it on stopping: a "
+                          "readiness signal for containers and scripts (default: none)")
     order = parser.add_argument_group("batches")
     order.add_argument("--batch-size", type=_positive_int, help="default %d" % DATA_DEFAULTS["batch_size"])
     order.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,

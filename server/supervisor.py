@@ -54,6 +54,7 @@ from typing import Deque, List, Optional
 import zmq
 
 from client_layer import wire
+from server import ready_file
 from server.assembly import BatchAssembly, PackTask, PendingBatch, Task, TooFewGoodSamples
 from server.batch_buffer import BatchSlots, slot_bytes_for
 from server.config import PreparedData, ServerConfig
@@ -329,6 +330,8 @@ class DataServer:
         except SenderError as exc:
             raise ServerError(str(exc)) from None
         self._log_serving()
+        ready_file.announce(self.config.ready_file, self.config.bind, self.config.connect,
+                            self.config.metrics_port, self.config.stream_id)
         return sender
 
     def _log_serving(self) -> None:
@@ -373,6 +376,7 @@ class DataServer:
     def _shut_down(self, sender: Optional[BatchSender], curve: Optional[CurveServer], context: zmq.Context,
                    failed: bool) -> None:
         """NOTE [ Shutdown protocol ]'s steps, each named for the deadline's message."""
+        ready_file.withdraw(self.config.ready_file)  # NOTE [ Ready file ]: no longer serving
         deadline = self.deadline
         deadline.start(status=1 if failed else 0)
         deadline.step("saving the resume state")

@@ -19,7 +19,6 @@ supervisor's to decide (NOTE [ Shutdown protocol ] in supervisor.py).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from client_layer.compression import Codec
 from server.assembly import PackedLengths, PackTask, RowTask, Task
 from server.batch_buffer import BatchSlots
 from server.batch_layout import BatchLayout, RowWriter
+from server.parent_death import die_with_parent
 from server.plan import EpochPlan
 from server.sources import Source
 from server.transform import DRAWS_PER_SAMPLE, uses_draws
@@ -40,7 +40,6 @@ from server.transform import DRAWS_PER_SAMPLE, uses_draws
 PARENT_CHECK_S = 0.5
 IDLE = -1
 STARTING = -2  # the progress cell until the worker has opened its source
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -56,14 +55,6 @@ class WorkerSetup:
     parent_pid: int
     specs: List[wire.ArraySpec]  # the arrays of a full slot
     codec: Optional[Codec]  # compresses slots for PackTasks
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: the ppid check in the loop still ends the worker
 
 
 def _write_blocks(source: Source, writer: RowWriter, task: RowTask) -> List[int]:
@@ -128,7 +119,7 @@ def run_task(setup: WorkerSetup, task: Task) -> object:
 def probe_main(setup: WorkerSetup, index: int) -> None:
     """Entry point of a disposable probe: read and transform sample ``index`` alone, as a
     worker would; it exits 0 when that works (see ``BatchAssembly.prove_bad``)."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup.source.open()
@@ -142,7 +133,7 @@ def probe_main(setup: WorkerSetup, index: int) -> None:
 
 def loader_worker_main(setup: WorkerSetup, connection: Connection) -> None:
     """Entry point of a loader worker process."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup.source.open()

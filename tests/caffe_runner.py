@@ -6,23 +6,22 @@ missing: a cross-check against real Caffe that silently stops running is
 worse than none.
 """
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from harness import children
+
 SCRIPTS = Path(__file__).resolve().parent / "caffe_scripts"
 
 
 def caffe_python() -> str:
     """Path of the Caffe Python; fails the calling test when it does not exist."""
-    path = os.environ.get("ZFEED_CAFFE_PYTHON") or str(REPO / ".venv-caffe" / "bin" / "python")
-    if not os.path.isfile(path):
-        pytest.fail(f"no Caffe Python at {path}: run `./dev setup` "
-                    f"(or point ZFEED_CAFFE_PYTHON at a Python with pycaffe)", pytrace=False)
-    return path
+    try:
+        return children.caffe_python()
+    except children.ChildError as missing:
+        pytest.fail(str(missing), pytrace=False)
 
 
 def run_caffe_script(name, *args, timeout=120) -> subprocess.CompletedProcess:
@@ -35,7 +34,7 @@ def run_caffe_script(name, *args, timeout=120) -> subprocess.CompletedProcess:
     """
     script = SCRIPTS / (name if name.endswith(".py") else f"{name}.py")
     command = [caffe_python(), str(script), *map(str, args)]
-    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=str(REPO))
+    env = children.child_env()
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:

@@ -1,18 +1,16 @@
 """Receive batches with client_layer under another Python and save what it decoded.
 
-Usage: client_compat_probe.py ADDRESS COUNT OUT.npz [TIMEOUT_S]
-Runs on any Python client_layer supports (3.8 to 3.13) with numpy, pyzmq and
-msgpack only; saves data, label, indices and epochs of COUNT batches.
+Usage: client_compat_probe.py ADDRESS COUNT OUT.npz [TIMEOUT_S], with the
+repository on PYTHONPATH (``harness.children.child_env()``). Runs on any
+Python client_layer supports (3.8 to 3.13) with numpy, pyzmq and msgpack
+only; saves data, label, indices and epochs of COUNT batches.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from client_layer import BatchClient  # noqa: E402
+from client_layer import BatchClient
 
 address, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 timeout_s = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0

@@ -19,8 +19,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pytest
 
-from datasets import write_npz
-from processes import free_port
+from harness.children import free_port
+from harness.datasets import write_npz
 
 CATEGORIES = ("unit", "integration", "caffe", "deploy", "containers")
 

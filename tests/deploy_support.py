@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import yaml
 
-from processes import LoggedProcess
+from harness.children import ChildProcess
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE_ROOT = "/opt/zfeed"  # the images' WORKDIR, where the repository's files are copied
@@ -211,24 +210,17 @@ def container_env(image: Dict[str, str], service: Dict[str, str], python: str) -
     return env
 
 
-class Container(LoggedProcess):
-    """An image's command as a process in its own session, output in ``log_path``."""
+class Container(ChildProcess):
+    """An image's command as a process in its own session (stopping or killing it reaches whatever
+    it started), output in ``log_path``; ``ready_path``: the ``ZFEED_READY_FILE`` its env sets."""
 
     def __init__(self, command: Sequence[str], env: Dict[str, str], log_path: Path,
-                 hostname: Optional[str] = None, read_only: Sequence[Path] = ()):
+                 hostname: Optional[str] = None, read_only: Sequence[Path] = (), ready_path: Optional[Path] = None):
         super().__init__(isolated([in_repo(part) for part in command], hostname, read_only), log_path,
-                         env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+                         env=env, ready_path=ready_path)
 
     def cmdline(self) -> List[str]:
         return Path("/proc/%d/cmdline" % self.process.pid).read_bytes().decode().split("\0")[:-1]
-
-    def kill(self) -> None:
-        """The whole session: the image's command and whatever it started."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(10)
 
 
 def run_command(command: Sequence[str], env: Dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import numpy as np
 import plyvel
 
 from caffe_runner import run_caffe_script
-from processes import ServerProcess, free_port
+from harness.children import ServerProcess, free_port
 from server.caffe_proto import Datum, encoded_datum, image_to_datum
 from server.tools import rewrite_prototxt
 
@@ -110,7 +110,7 @@ def servers_for(nets: Dict[str, tuple], workdir: Path) -> Iterator[Dict[str, str
             started.append(stack.enter_context(ServerProcess(args, workdir / ("%s-%s.log" % (name, phase)))))
             endpoints[name] = endpoint
         for server in started:
-            server.wait_for_log("serving")
+            server.wait_ready()
         yield endpoints
 
 

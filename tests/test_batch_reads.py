@@ -207,7 +207,7 @@ def test_an_hdf5_file_truncated_while_served_is_reported_not_served_as_zeros(tmp
 
 
 def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
-    from datasets import random_images, write_lmdb
+    from harness.datasets import random_images, write_lmdb
 
     from server.sources import LmdbSource
 
@@ -229,7 +229,7 @@ def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
 def test_raw_datums_are_served_from_the_workers_memory_once_read(tmp_path):
     """NOTE [ Raw Datums in memory ]: a second read of a record is a gather from the rows the
     process holds, the same bits as the database; records of another shape are not held."""
-    from datasets import random_images, write_lmdb
+    from harness.datasets import random_images, write_lmdb
 
     from server.sources import LmdbSource
 
@@ -255,7 +255,7 @@ def test_raw_datums_are_served_from_the_workers_memory_once_read(tmp_path):
 
 
 def test_a_database_too_large_for_memory_is_read_from_the_database_every_time(tmp_path, monkeypatch):
-    from datasets import random_images, write_lmdb
+    from harness.datasets import random_images, write_lmdb
 
     from server.sources import LmdbSource, row_cache
 
@@ -287,7 +287,7 @@ def test_an_lmdb_overwritten_while_served_is_read_as_the_snapshot_the_reader_beg
     import subprocess
     import sys
 
-    from datasets import random_images, write_lmdb
+    from harness.datasets import random_images, write_lmdb
 
     from server.sources import LmdbSource
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from caffe_runner import run_caffe_script
-from datasets import random_images, smooth_images, write_lmdb
-from processes import ServerProcess, free_port
+from harness.children import ServerProcess, free_port
+from harness.datasets import random_images, smooth_images, write_lmdb
 from server.caffe_proto import write_mean_binaryproto
 
 pytestmark = pytest.mark.caffe

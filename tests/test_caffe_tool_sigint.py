@@ -8,7 +8,6 @@ with gcc against that Python's libpython (``python3.X-config --embed``).
 """
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from caffe_runner import caffe_python
-from datasets import random_images, write_npz
-from processes import REPO, LoggedProcess, ServerProcess, free_port
+from harness.children import ChildProcess, ServerProcess, free_port
+from harness.datasets import random_images, write_npz
 from test_layer_in_solver import LAYER, NET
 
 pytestmark = pytest.mark.caffe
@@ -54,7 +53,7 @@ def interrupt(process, stopped_line):
     exited: tearing down Caffe and Python takes a further half second or so)."""
     process.process.send_signal(signal.SIGINT)
     sent = time.monotonic()
-    process.wait_for_log(stopped_line, timeout=30)
+    process.wait_for_log(stopped_line, timeout_s=30)
     return time.monotonic() - sent
 
 
@@ -68,12 +67,11 @@ def test_sigint_while_waiting_for_data_snapshots_and_stops_within_a_second(tmp_p
     solver = tmp_path / "solver.prototxt"
     solver.write_text('net: "%s" base_lr: 0.001 lr_policy: "fixed" max_iter: 100000 display: 0 solver_mode: CPU\n'
                       'snapshot_prefix: "%s"\n' % (net, tmp_path / "snap"))
-    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=str(REPO))
     command = [str(sigint_host), caffe_python(), str(HERE / "caffe_scripts" / "sigint_solver.py"), "100000", str(solver)]
     with ServerProcess(["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "16"],
                        tmp_path / "server.log") as server, \
-            LoggedProcess(command, tmp_path / "host.log", env=env) as host:
-        host.wait_for_log("iteration 20", timeout=60)
+            ChildProcess(command, tmp_path / "host.log") as host:
+        host.wait_for_log("iteration 20", timeout_s=60)
         assert server.stop() == 0
         done, deadline = -1, time.monotonic() + 30
         while host.log.count("iteration ") != done:  # until what was buffered is used up: the layer waits
@@ -98,14 +96,13 @@ def test_under_pycaffe_sigint_while_waiting_is_a_keyboard_interrupt_at_once(tmp_
     net = tmp_path / "net.prototxt"
     net.write_text(NET % {"layers": LAYER % ("TEST", json.dumps({"address": "tcp://127.0.0.1:%d" % port,
                                                                 "timeout_s": 60}))})
-    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=str(REPO))
     command = [caffe_python(), str(HERE / "caffe_scripts" / "run_net.py"), str(net), "test", "1",
                str(tmp_path / "out.npz"), "data"]
     # Python installs no handler where SIGINT is ignored, as it is for background jobs of a
-    # non-interactive shell, which may have started this test run.
-    with LoggedProcess(command, tmp_path / "pycaffe.log", env=env,
-                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as trainer:
-        trainer.wait_for_log("waiting for data for 5 s", timeout=60)  # for its first batch, at set-up
+    # non-interactive shell, which may have started this test run: the harness's children get
+    # SIGINT's default disposition back.
+    with ChildProcess(command, tmp_path / "pycaffe.log") as trainer:
+        trainer.wait_for_log("waiting for data for 5 s", timeout_s=60)  # for its first batch, at set-up
         stopped_after = interrupt(trainer, "KeyboardInterrupt")
         status = trainer.wait(10)
     assert status != 0 and stopped_after < 1.0, (status, stopped_after, trainer.log)

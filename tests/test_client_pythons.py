@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets import random_images, smooth_images
-from processes import REPO, ServerProcess
+from harness.children import REPO, ServerProcess, child_env
+from harness.datasets import random_images, smooth_images
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_client_layer_receives_exact_batches(tmp_path, npz_source, local_endpoin
     with ServerProcess(args, tmp_path / "server.log") as server:
         out = tmp_path / "got.npz"
         result = subprocess.run([python, str(HERE / "client_compat_probe.py"), endpoint, "4",
-                                 str(out)], capture_output=True, text=True, timeout=60)
+                                 str(out)], env=child_env(), capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         server.stop()
     got = np.load(out)
@@ -56,10 +56,11 @@ def test_compressed_stream_without_the_codec_package_is_one_setup_error_at_once(
     endpoint = local_endpoint()
     args = ["--source", npz_source(smooth_images(20)), "--bind", endpoint, "--batch-size", "5", "--compress", "zstd"]
     with ServerProcess(args, tmp_path / "server.log") as server:
-        server.wait_for_log("compressing with zstd")
+        server.wait_ready()
         started = time.monotonic()
         result = subprocess.run([python, str(HERE / "client_compat_probe.py"), endpoint, "1",
-                                 str(tmp_path / "got.npz"), "30"], capture_output=True, text=True, timeout=60)
+                                 str(tmp_path / "got.npz"), "30"], env=child_env(), capture_output=True,
+                                text=True, timeout=60)
         elapsed = time.monotonic() - started
         server.stop()
     assert result.returncode != 0 and elapsed < 5.0, (elapsed, result.stderr)

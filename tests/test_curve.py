@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from client_layer import BatchClient, NoDataError
-from datasets import write_npz
-from processes import ServerProcess, free_port, run_server
+from harness.children import ServerProcess, free_port, run_server
+from harness.datasets import write_npz
 from test_startup_checks import refusal
 from server.tools.keygen import main as keygen
 
@@ -104,7 +104,7 @@ def test_allowed_trainer_receives_batches(tmp_path, keys, source):
 def test_unknown_or_keyless_trainers_get_nothing(tmp_path, keys, source, name):
     port = free_port()
     with ServerProcess(curve_server_args(source, port, keys), tmp_path / "server.log") as server:
-        server.wait_for_log("serving")
+        server.wait_ready()
         with client(port, keys, name, timeout_s=3) as intruder:
             with pytest.raises(NoDataError):
                 intruder.receive()
@@ -122,7 +122,7 @@ def test_pixels_cross_the_wire_in_clear_only_without_curve(tmp_path, keys, sourc
     args = curve_server_args(source, port, keys) if curve else [
         "--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "4"]
     with ServerProcess(args, tmp_path / "server.log") as server:
-        server.wait_for_log("serving")
+        server.wait_ready()
         relay = Relay(port)
         try:
             with client(relay.port, keys, "trainer" if curve else None) as trainer:
@@ -188,6 +188,6 @@ def test_key_with_characters_outside_z85_is_refused(source, keys):
 
 def test_server_with_a_secret_key_cut_short_exits_2_and_does_not_hang(tmp_path, keys, source):
     _cut_key(keys / "server.key_secret", "secret-key", 20)
-    result = run_server(curve_server_args(source, free_port(), keys), tmp_path, timeout=20)
+    result = run_server(curve_server_args(source, free_port(), keys), timeout_s=20)
     assert result.returncode == 2, result.stderr
     assert str(keys / "server.key_secret") in result.stderr and "Traceback" not in result.stderr

@@ -16,16 +16,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
 from deploy_support import (ENTRYPOINT, IMAGE_ROOT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERFILE, compose_config,
                             dockerfile_stages, entrypoint_argv, env_list, image_env, image_user, in_repo,
                             k8s_by_kind as by_kind, k8s_documents, option, options, pod_spec)
-import demo.__main__ as demo_main
-from demo.__main__ import DEFAULT_ITERATIONS, SCALE, SEED, TEST_BATCH, TRAIN_BATCH
+from demo.__main__ import trainer_command
 from demo.dataset import CLASS_COUNT, TEST_PER_CLASS
+from demo.nets import DEFAULT_ITERATIONS, SCALE, SEED, TEST_BATCH, TRAIN_BATCH
 from server.config import build_parser
 
 pytestmark = pytest.mark.deploy
@@ -36,24 +35,11 @@ DEMO_TEST_SAMPLES = TEST_PER_CLASS * CLASS_COUNT
 SERVER_STOP_S = 5  # the server exits within this after SIGTERM (README, "Stopping")
 
 
-class _Started(Exception):
-    pass
-
-
 def demo_trainer_command(solver: str):
-    """The command line with which ``python -m demo`` starts its trainer, taken from its run_trainer().
-
-    The script's path is given relative to the repository, as the image's WORKDIR holds it.
-    """
-    started = []
-
-    def start_child(command, **_):
-        started.append(list(command))
-        raise _Started()
-
-    with mock.patch.object(demo_main, "start_child", start_child), pytest.raises(_Started):
-        demo_main.run_trainer("python", Path(solver), DEMO_TEST_SAMPLES, [])
-    (command,) = started
+    """The command line with which ``python -m demo`` starts its trainer (its run_trainer() runs
+    ``trainer_command``). The script's path is given relative to the repository, as the image's
+    WORKDIR holds it."""
+    command = trainer_command("python", Path(solver), DEMO_TEST_SAMPLES)
     command[1] = os.path.relpath(command[1], REPO)
     return command
 

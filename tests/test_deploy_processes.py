@@ -26,7 +26,7 @@ from deploy_support import (ENTRYPOINT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERF
                             container_env, dockerfile_stages, entrypoint_argv, env_list, image_env,
                             isolation_missing, k8s_by_kind, localize, metric, option, pod_spec, run_command,
                             run_entrypoint)
-from processes import free_port
+from harness.children import free_port
 from server.config import build_parser
 
 pytestmark = pytest.mark.deploy
@@ -215,7 +215,7 @@ def test_statefulset_pods_serve_each_sample_once_per_epoch_and_stop_on_sigterm(t
         assert sorted(index for epoch, index in seen if epoch == 0) == list(range(size))
 
         for pod in pods:  # Kubernetes sends SIGTERM, and SIGKILL after the grace period
-            assert pod["server"].stop(timeout=spec["terminationGracePeriodSeconds"]) == 0, pod["server"].log
+            assert pod["server"].stop(timeout_s=spec["terminationGracePeriodSeconds"]) == 0, pod["server"].log
             assert health(stages, pod["env"]) == 1
 
 
@@ -248,14 +248,16 @@ def test_compose_demo_trains_in_caffe_with_two_train_server_replicas(tmp_path):
             for replica in range(1, replicas + 1):
                 env = {key: localize(value, mapping) for key, value in services[name]["environment"].items()}
                 env["ZFEED_METRICS_PORT"] = str(free_port())  # the image's 9100, one port per replica here
+                ready = tmp_path / ("%s-%d.ready" % (name, replica))
+                env["ZFEED_READY_FILE"] = str(ready)
                 env = container_env(image_env(stages, "server"), env, sys.executable)
                 container = stack.enter_context(Container(
                     server.exec_form("ENTRYPOINT") + services[name].get("command", []), env,
                     tmp_path / ("%s-%d.log" % (name, replica)), hostname="zfeed-%s-%d" % (name, replica),
-                    read_only=[folder]))
+                    read_only=[folder], ready_path=ready))
                 servers.append((container, env))
         for container, env in servers:
-            container.wait_for_log(" serving ")
+            container.wait_ready()
             assert health(stages, env) == 0
         # Every replica dials in to the trainer, which takes batches from all of them.
         connected = set()
@@ -269,4 +271,4 @@ def test_compose_demo_trains_in_caffe_with_two_train_server_replicas(tmp_path):
         assert trainer.wait(TRAINER_DEADLINE_S) == 0 and "result: PASS" in trainer.log, trainer.log
         for container, _ in servers:  # `docker compose down`: SIGTERM, SIGKILL after stop_grace_period
             grace_s = float(services["trainserver"]["stop_grace_period"].rstrip("s"))
-            assert container.stop(timeout=grace_s) == 0, container.log
+            assert container.stop(timeout_s=grace_s) == 0, container.log

@@ -14,8 +14,8 @@ import pytest
 import zmq
 
 from client_layer import BatchClient, wire
-from datasets import corrupt_records, random_images, smooth_images, write_lmdb, write_npz
-from processes import ServerProcess, alive, child_pids, free_port
+from harness.children import ServerProcess, alive, child_pids, free_port
+from harness.datasets import corrupt_records, random_images, smooth_images, write_image_list, write_lmdb, write_npz
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def test_killed_workers_are_replaced_and_every_sample_arrives_once(tmp_path, com
     kills = []
     with ServerProcess(args, tmp_path / "server.log") as server, \
             BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
-        server.wait_for_log("serving")
+        server.wait_ready()
         stop = threading.Event()
 
         def kill_workers_at_random():
@@ -165,17 +165,11 @@ def test_layer_waits_for_a_server_that_comes_back(tmp_path, caplog):
             except TimeoutError:
                 break
         client.timeout_s = 30
-        restarted = threading.Timer(6, lambda: servers.append(ServerProcess(args, tmp_path / "second.log")))
-        servers = []
-        restarted.start()
-        try:
+        # Started here, not from a timer thread: a child dies with the thread that started it (PDEATHSIG).
+        with ServerProcess(args, tmp_path / "second.log", prefix=["sh", "-c", 'sleep 6; exec "$@"', "sh"]):
             started = time.monotonic()
             batch = client.receive()
             waited = time.monotonic() - started
-        finally:
-            restarted.join()
-            for server in servers:
-                server.close()
     assert batch.size == 4 and 5 < waited < 25
     assert any("waiting for data for 5 s (connected to tcp://127.0.0.1:%d)" % port in r.getMessage()
                for r in caplog.records)
@@ -205,7 +199,7 @@ def test_garbage_on_the_server_port_does_not_disturb_it(tmp_path):
     port = free_port()
     args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--batch-size", "4"]
     with ServerProcess(args, tmp_path / "server.log") as server:
-        server.wait_for_log("serving")
+        server.wait_ready()
         for payload in (b"GET / HTTP/1.0\r\n\r\n", os.urandom(4096), b"\xff" + b"\x00" * 8 + b"\x7f" * 100):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as intruder:
                 intruder.sendall(payload)
@@ -287,14 +281,13 @@ def test_a_sample_that_crashes_workers_is_given_up_after_two_deaths(tmp_path, po
 
 def test_a_server_whose_files_all_vanish_stops_saying_so_instead_of_spinning(tmp_path):
     """Issue 16.1: an image list whose files are deleted while it is served."""
-    from datasets import write_image_list
-
     listing = write_image_list(tmp_path, random_images(12, (3, 8, 8), seed=4), range(12))
     port = free_port()
     args = ["--source", "imagelist:%s" % listing, "--root-folder", "%s/" % tmp_path, "--bind",
             "tcp://127.0.0.1:%d" % port, "--batch-size", "4", "--workers", "2", "--max-batches-per-message", "1"]
     with ServerProcess(args, tmp_path / "server.log") as server, \
             BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=1, prefetch=1) as client:
+        server.wait_ready()  # the 1 s receive timeout is for batches, not for a start-up on a busy machine
         client.receive()
         for image in tmp_path.glob("*.png"):
             image.unlink()
@@ -327,7 +320,7 @@ def test_idle_workers_killed_from_outside_do_not_stop_the_server(tmp_path):
 
     with ServerProcess(args, tmp_path / "server.log") as server, \
             BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=30) as client:
-        server.wait_for_log("serving")
+        server.wait_ready()
         batches = [client.receive()]
         deadline = time.monotonic() + 20
         killed = []

@@ -7,7 +7,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from datasets import random_images, write_lmdb
+from harness.datasets import random_images, write_lmdb
 from parity import write_hdf5
 from server.caffe_proto import write_mean_binaryproto
 from server.config import ConfigError, parse_config, prepare

@@ -13,8 +13,8 @@ import zmq
 
 from caffe_runner import run_caffe_script
 from client_layer import wire
-from datasets import random_images, write_npz
-from processes import ServerProcess, free_port
+from harness.children import ServerProcess, free_port
+from harness.datasets import random_images, write_npz
 
 pytestmark = pytest.mark.caffe
 

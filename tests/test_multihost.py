@@ -7,19 +7,17 @@ batch headers.
 """
 
 import json
-import select
-import subprocess
 import sys
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-import netns
-from datasets import random_images, write_lmdb
-from processes import ServerProcess
+from harness import netns
+from harness.children import ChildProcess, ServerProcess
+from harness.datasets import random_images, write_lmdb
 
-HERE = Path(__file__).resolve().parent
 SIZE, BATCH, EPOCHS, PORT = 60, 6, 2, 5555
 
 reason = netns.available()
@@ -40,22 +38,17 @@ def large_images(tmp_path_factory):
 
 
 def start_trainer(host, out, count, connect=(), bind=None, work_s=0.0):
-    argv = [sys.executable, str(HERE / "trainer_probe.py"), str(out), str(count), "--timeout", "30",
-            "--work", str(work_s)]
+    """The trainer probe in ``host``; it is ready once its socket is connecting or listening."""
+    ready = out.with_suffix(".ready")
+    argv = [sys.executable, "-m", "harness.trainer_probe", str(out), str(count), "--timeout", "30",
+            "--work", str(work_s), "--ready-file", str(ready)]
     argv += [a for address in connect for a in ("--connect", address)]
     argv += ["--bind", bind] if bind else []
-    return subprocess.Popen(host.command(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_ready(trainer, timeout=30.0):
-    """Wait for the probe's "ready" line: its socket is connecting or listening."""
-    ready, _, _ = select.select([trainer.stdout], [], [], timeout)
-    assert ready and trainer.stdout.readline().strip() == "ready", "trainer did not start"
+    return ChildProcess(host.command(argv), out.with_suffix(".log"), ready_path=ready)
 
 
 def finish(trainer, out):
-    output, _ = trainer.communicate(timeout=60)
-    assert trainer.returncode == 0, output
+    assert trainer.wait(60) == 0, trainer.log
     return json.loads(Path(out).read_text())["batches"]
 
 
@@ -70,39 +63,36 @@ def check_exactly_once(batches):
 
 @pytest.mark.parametrize("topology", ["trainer-connects", "servers-connect"])
 def test_two_server_hosts_one_trainer_host(tmp_path, lmdb_source, topology):
-    with netns.Network(["server0", "server1", "trainer"]) as net:
+    with netns.Network(["server0", "server1", "trainer"]) as net, ExitStack() as children:
         trainer_host = net.hosts["trainer"]
         servers = []
-        try:
-            for shard in range(2):
-                host = net.hosts["server%d" % shard]
-                where = (["--bind", "tcp://%s:%d" % (host.address, PORT)] if topology == "trainer-connects"
-                         else ["--connect", "tcp://%s:%d" % (trainer_host.address, PORT)])
-                servers.append(ServerProcess(
-                    ["--source", lmdb_source, *where, "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
-                     "--shard", "%d/2" % shard, "--workers", "1", "--crop-size", "20", "--mirror"],
-                    tmp_path / ("server%d.log" % shard), prefix=host.command([])))
-            out = tmp_path / "trainer.json"
-            if topology == "trainer-connects":
-                trainer = start_trainer(trainer_host, out, EPOCHS * SIZE // BATCH,
-                                        connect=["tcp://%s:%d" % (net.hosts["server%d" % s].address, PORT)
-                                                 for s in range(2)])
-            else:
-                trainer = start_trainer(trainer_host, out, EPOCHS * SIZE // BATCH,
-                                        bind="tcp://%s:%d" % (trainer_host.address, PORT))
-            batches = finish(trainer, out)
-            for server in servers:
-                assert server.wait() == 0, server.log
-        finally:
-            for server in servers:
-                server.close()
+        for shard in range(2):
+            host = net.hosts["server%d" % shard]
+            where = (["--bind", "tcp://%s:%d" % (host.address, PORT)] if topology == "trainer-connects"
+                     else ["--connect", "tcp://%s:%d" % (trainer_host.address, PORT)])
+            servers.append(children.enter_context(ServerProcess(
+                ["--source", lmdb_source, *where, "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
+                 "--shard", "%d/2" % shard, "--workers", "1", "--crop-size", "20", "--mirror"],
+                tmp_path / ("server%d.log" % shard), prefix=host.command([]))))
+        out = tmp_path / "trainer.json"
+        if topology == "trainer-connects":
+            trainer = start_trainer(trainer_host, out, EPOCHS * SIZE // BATCH,
+                                    connect=["tcp://%s:%d" % (net.hosts["server%d" % s].address, PORT)
+                                             for s in range(2)])
+        else:
+            trainer = start_trainer(trainer_host, out, EPOCHS * SIZE // BATCH,
+                                    bind="tcp://%s:%d" % (trainer_host.address, PORT))
+        children.enter_context(trainer)
+        batches = finish(trainer, out)
+        for server in servers:
+            assert server.wait() == 0, server.log
     check_exactly_once(batches)
     assert len({b["stream"] for b in batches}) == 2
 
 
 @pytest.mark.parametrize("topology", ["trainers-connect", "server-connects"])
 def test_one_server_host_two_trainer_hosts(tmp_path, large_images, topology):
-    with netns.Network(["server", "trainer0", "trainer1"]) as net:
+    with netns.Network(["server", "trainer0", "trainer1"]) as net, ExitStack() as children:
         server_host = net.hosts["server"]
         trainers, outs = [], []
         for number in range(2):
@@ -110,14 +100,15 @@ def test_one_server_host_two_trainer_hosts(tmp_path, large_images, topology):
             out = tmp_path / ("trainer%d.json" % number)
             outs.append(out)
             if topology == "trainers-connect":
-                trainers.append(start_trainer(host, out, 0, connect=["tcp://%s:%d" % (server_host.address, PORT)],
-                                              work_s=0.05))
+                trainers.append(children.enter_context(start_trainer(
+                    host, out, 0, connect=["tcp://%s:%d" % (server_host.address, PORT)], work_s=0.05)))
             else:
-                trainers.append(start_trainer(host, out, 0, bind="tcp://%s:%d" % (host.address, PORT), work_s=0.05))
+                trainers.append(children.enter_context(start_trainer(
+                    host, out, 0, bind="tcp://%s:%d" % (host.address, PORT), work_s=0.05)))
         where = (["--bind", "tcp://%s:%d" % (server_host.address, PORT)] if topology == "trainers-connect" else
                  [a for n in range(2) for a in ("--connect", "tcp://%s:%d" % (net.hosts["trainer%d" % n].address, PORT))])
         for trainer in trainers:  # both ready before any batch flows: none can take them all
-            wait_ready(trainer)
+            trainer.wait_ready()
         with ServerProcess(["--source", large_images, *where, "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
                             "--workers", "1", "--phase", "test"],
                            tmp_path / "server.log", prefix=server_host.command([])) as server:

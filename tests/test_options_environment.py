@@ -14,6 +14,7 @@ def test_variables_become_options_and_the_command_line_wins():
                "ZFEED_MIRROR": "yes", "ZFEED_SHUFFLE": "false", "ZFEED_MEAN_VALUE": "104,117,123",
                "ZFEED_BIND": "tcp://*:5555", "ZFEED_CONNECT": "tcp://trainer-a:5555, tcp://trainer-b:5555",
                "ZFEED_SHARD": "1/3", "ZFEED_METRICS_PORT": "9100", "ZFEED_EPOCHS": "", "ZFEED_COMPRESS": "zstd:1",
+               "ZFEED_READY_FILE": "/tmp/zfeed.ready",
                "ZFEED_CAFFE_PYTHON": "/not/an/option"}
     config = parse_config(["--batch-size", "16", "--crop-size", "8"], environ)
     assert config.source == "lmdb:/data/my train_lmdb" and config.phase == "train"  # a space stays in its value
@@ -21,7 +22,7 @@ def test_variables_become_options_and_the_command_line_wins():
     assert config.bind == ["tcp://*:5555"]
     assert config.connect == ["tcp://trainer-a:5555", "tcp://trainer-b:5555"]
     assert (config.shard.index, config.shard.count, config.metrics_port, config.epochs) == (1, 3, 9100, None)
-    assert config.compress == ("zstd", 1)
+    assert config.compress == ("zstd", 1) and config.ready_file == "/tmp/zfeed.ready"
     assert config.batch_size == 16 and config.crop_size == 8  # the command line comes last: it wins
 
 

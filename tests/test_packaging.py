@@ -16,7 +16,7 @@ import tomllib
 
 import pytest
 
-from processes import REPO
+from harness.children import REPO
 
 CLIENT_PYTHON_3_8 = REPO / ".venv-client3.8" / "bin" / "python"
 PACKAGES = ("server", "client_layer")

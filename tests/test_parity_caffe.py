@@ -33,7 +33,7 @@ import shutil
 import numpy as np
 import pytest
 
-from datasets import random_images, write_lmdb
+from harness.datasets import random_images, write_lmdb
 from parity import (IMAGES, datums, photo_patches, rewrite, run_nets, servers_for, write_hdf5,
                     write_images, write_leveldb, write_lmdb_values)
 from server.caffe_proto import write_mean_binaryproto

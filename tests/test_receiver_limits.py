@@ -17,8 +17,8 @@ import zmq
 
 from client_layer import BatchClient, NoDataError, wire
 from client_layer.receiver import MAX_LOGGED_REJECTION_CAUSES, RECEIVE_BUFFER_BYTES
-from datasets import random_images, write_npz
-from processes import ServerProcess, free_port
+from harness.children import ServerProcess, free_port
+from harness.datasets import random_images, write_npz
 from server.sender import QUEUED_PER_TRAINER, SEND_BUFFER_BYTES
 from server.tools.keygen import main as keygen
 
@@ -106,7 +106,7 @@ def test_a_stalled_trainer_holds_at_most_the_stated_bound_unread(tmp_path, batch
             "--metrics-port", str(metrics_port), "--max-batches-per-message", str(batches_per_message)]
     read, prefetch = 20, 4
     with ServerProcess(args, tmp_path / "server.log") as server:
-        server.wait_for_log("serving")
+        server.wait_ready()
         with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=20, prefetch=prefetch) as client:
             batches = [client.receive() for _ in range(read)]
             sent, deadline = -1, time.monotonic() + 20

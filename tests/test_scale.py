@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 
 from client_layer import BatchClient
-from datasets import corrupt_records, random_images, write_lmdb
-from processes import ServerProcess, child_pids, free_port, run_server
+from harness.children import ServerProcess, child_pids, free_port, run_server
+from harness.datasets import corrupt_records, random_images, write_lmdb
 
 pytestmark = pytest.mark.integration
 
@@ -89,9 +89,9 @@ def test_one_server_feeds_two_trainers_distinct_batches(tmp_path, npz_source):
 
 
 def test_shard_from_hostname_and_bad_shards(tmp_path, source):
-    result = run_server(["--source", source, "--shard", "2/2"], tmp_path)
+    result = run_server(["--source", source, "--shard", "2/2"])
     assert result.returncode == 2 and "shard 2/2: need 0 <= I < N" in result.stderr
-    result = run_server(["--source", source, "--shard", "47/50"], tmp_path)
+    result = run_server(["--source", source, "--shard", "47/50"])
     assert result.returncode == 2 and "shard 47/50 of 45 samples is empty: use at most 45 shards" in result.stderr
 
 

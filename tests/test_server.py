@@ -1,5 +1,6 @@
 """The data server as a real process over real tcp, received with BatchClient."""
 
+import json
 import signal
 import time
 import urllib.request
@@ -10,8 +11,8 @@ import pytest
 import zmq
 
 from client_layer import BatchClient, NoDataError, wire
-from datasets import corrupt_records, random_images, smooth_images, write_image_list, write_lmdb, write_npz
-from processes import ServerProcess, alive, child_pids, free_port, run_server
+from harness.children import PYTHON, ChildProcess, ServerProcess, alive, child_pids, free_port, run_server
+from harness.datasets import corrupt_records, random_images, smooth_images, write_image_list, write_lmdb, write_npz
 from server.plan import EpochPlan
 from server.transform import TransformParams, choose_crops, transform_into
 
@@ -158,7 +159,7 @@ def test_signal_stops_server_and_workers_within_seconds(tmp_path, images, labels
             workers = child_pids(server.process.pid)
             assert len(workers) == 2
             started = time.monotonic()
-            assert server.stop(signum, timeout=10) == 0, server.log
+            assert server.stop(signum, timeout_s=10) == 0, server.log
             assert time.monotonic() - started < 6
         assert not [pid for pid in workers if alive(pid)]
         assert "%s received: stopping" % signal.Signals(signum).name in server.log
@@ -168,7 +169,7 @@ def test_sigkill_of_the_server_takes_its_workers_along(tmp_path, images, labels)
     source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
     args = ["--source", source, "--bind", "tcp://127.0.0.1:%d" % free_port(), "--workers", "2"]
     with ServerProcess(args, tmp_path / "server.log") as server:
-        server.wait_for_log("serving")
+        server.wait_ready()
         workers = child_pids(server.process.pid)
         assert len(workers) == 2
         server.process.kill()
@@ -193,7 +194,7 @@ def test_bad_sample_with_fail_policy_stops_the_server_naming_it(tmp_path, images
 def test_a_refused_configuration_exits_2_before_serving(tmp_path, images, labels):
     """Start-up refusals are tested in-process (test_startup_checks.py); here, the process's side."""
     source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
-    result = run_server(["--source", source, "--mean-file", "m.binaryproto", "--mean-value", "1,2,3"], tmp_path)
+    result = run_server(["--source", source, "--mean-file", "m.binaryproto", "--mean-value", "1,2,3"])
     assert result.returncode == 2
     assert "--mean-file and --mean-value are both set" in result.stderr
     assert "serving" not in result.stderr and "Traceback" not in result.stderr
@@ -203,7 +204,7 @@ def test_port_in_use_is_a_clear_error(tmp_path, images, labels):
     source = "npz:%s" % write_npz(tmp_path / "d.npz", images, labels)
     port = free_port()
     with BatchClient(bind="tcp://127.0.0.1:%d" % port, timeout_s=1):
-        result = run_server(["--source", source, "--bind", "tcp://127.0.0.1:%d" % port], tmp_path)
+        result = run_server(["--source", source, "--bind", "tcp://127.0.0.1:%d" % port])
     assert result.returncode == 1
     assert "cannot bind tcp://127.0.0.1:%d" % port in result.stderr
 
@@ -300,3 +301,54 @@ def test_compressed_batches_are_smaller_and_decode_to_the_same_bytes(tmp_path, c
         assert (batch.seq, batch.indices.tolist()) == (expected[0], expected[1].tolist())
         assert np.array_equal(batch.array("data"), expected[3])
         assert np.array_equal(batch.array("label"), expected[4])
+
+
+GATED_DATASET = """import pathlib, time
+import numpy as np
+
+class Gated:
+    def __init__(self):
+        pathlib.Path(%(opening)r).touch()
+        deadline = time.monotonic() + 30
+        while not pathlib.Path(%(gate)r).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return {"data": np.full((1, 2, 2), i, np.uint8), "label": np.float32(i)}
+
+def make():
+    return Gated()
+"""
+
+
+def test_the_ready_file_exists_exactly_while_the_server_serves(tmp_path):
+    """--ready-file: a stale one is removed before the source opens; written whole once the socket
+    is bound; removed when the server stops."""
+    opening, gate, ready = tmp_path / "opening", tmp_path / "gate", tmp_path / "announced.json"
+    module = tmp_path / "gated_dataset.py"
+    module.write_text(GATED_DATASET % {"opening": str(opening), "gate": str(gate)})
+    ready.write_text("left by an earlier run")
+    endpoint, metrics_port = "tcp://127.0.0.1:%d" % free_port(), free_port()
+    args = ["--source", "python:%s:make" % module, "--bind", endpoint, "--ready-file", str(ready),
+            "--batch-size", "2", "--workers", "1", "--metrics-port", str(metrics_port), "--stream-id", "s1"]
+    # Not ServerProcess: it passes a ready file of its own, and removes any before the server starts.
+    with ChildProcess([PYTHON, "-m", "server", *args], tmp_path / "server.log") as server:
+        deadline = time.monotonic() + 30
+        while not opening.exists():
+            assert server.process.poll() is None and time.monotonic() < deadline, server.log
+            time.sleep(0.02)
+        assert not ready.exists(), "a stale ready file must not announce a server still starting"
+        gate.touch()
+        while not ready.exists():
+            assert server.process.poll() is None and time.monotonic() < deadline, server.log
+            time.sleep(0.02)
+        assert json.loads(ready.read_text()) == {"pid": server.process.pid, "bind": [endpoint], "connect": [],
+                                                 "metrics_port": metrics_port, "stream_id": "s1"}
+        with BatchClient(endpoint, timeout_s=10) as client:
+            assert client.receive().array("data").shape == (2, 1, 2, 2)
+        assert server.stop() == 0, server.log
+    assert not ready.exists(), "a stopped server must not stay announced"
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file is left behind"

@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-import netns
-from processes import REPO, LoggedProcess
+from harness import netns
+from harness.children import ChildProcess, ServerProcess, child_env
 from server.shutdown_deadline import SHUTDOWN_DEADLINE_S
 
 pytestmark = pytest.mark.integration
@@ -60,8 +60,8 @@ def silent_dns_namespace(tmp_path):
         os.makedirs(config)
         with open(config + "/resolv.conf", "w") as resolv:
             resolv.write("nameserver 127.0.0.1\noptions timeout:%d attempts:1\n" % LOOKUP_TIMEOUT_S)
-        with LoggedProcess(["ip", "netns", "exec", name, sys.executable, "-c", NAMESERVER],
-                           tmp_path / "nameserver.log"):
+        with ChildProcess(["ip", "netns", "exec", name, sys.executable, "-c", NAMESERVER],
+                          tmp_path / "nameserver.log"):
             yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], timeout=10)
@@ -73,13 +73,12 @@ def test_a_stop_does_not_wait_for_a_peer_name_that_no_longer_resolves(tmp_path, 
     module.write_text(TINY_DATASET)
     args = ["--source", "python:%s:make" % module, "--batch-size", "4", "--workers", "1",
             "--connect", "tcp://trainer:5555", "--metrics-port", "0"]
-    command = ["ip", "netns", "exec", silent_dns_namespace, sys.executable, "-m", "server"] + args
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    with LoggedProcess(command, tmp_path / "server-in-namespace.log", env=env) as server:
-        server.wait_for_log(" serving ")
+    with ServerProcess(args, tmp_path / "server-in-namespace.log",
+                       prefix=["ip", "netns", "exec", silent_dns_namespace]) as server:
+        server.wait_ready()
         time.sleep(1)  # ZeroMQ's I/O thread is now in the lookup of "trainer"
         started = time.monotonic()
-        assert server.stop(signal.SIGTERM, timeout=LOOKUP_TIMEOUT_S + 15) == 0, server.log
+        assert server.stop(signal.SIGTERM, timeout_s=LOOKUP_TIMEOUT_S + 15) == 0, server.log
         took = time.monotonic() - started
         assert took < SHUTDOWN_DEADLINE_S, "the stop took %.1f s:\n%s" % (took, server.log)
         assert "closing ZeroMQ did not finish within 3 s" in server.log, server.log
@@ -96,7 +95,7 @@ def test_the_deadline_ends_a_shutdown_step_that_hangs(tmp_path):
         time.sleep(60)  # a step that hangs
         ''')
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(REPO)),
+    result = subprocess.run([sys.executable, "-c", script], env=child_env(),
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and time.monotonic() - started < 10, result.stderr
     assert ("shutdown did not finish within 1 s of its start (still stopping the loader workers): "

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from client_layer import BatchClient
-from datasets import random_images
+from harness.datasets import random_images
 from parity import datums, write_hdf5, write_leveldb
-from processes import ServerProcess, free_port, run_server
+from harness.children import ServerProcess, free_port, run_server
 from server.sources import Hdf5Source, LevelDbSource, PythonSource, SelectedArrays, SourceError, image_folder_source
 
 pytestmark = pytest.mark.integration
@@ -257,14 +257,14 @@ class _Arrays:
     (["--source", "python:nowhere_at_all:make"], "cannot load make from nowhere_at_all"),
 ])
 def test_bad_source_options_are_refused_at_start_up(tmp_path, args, message):
-    result = run_server(args, tmp_path)
+    result = run_server(args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def test_transform_needs_an_image(tmp_path):
     (tmp_path / "flat.py").write_text("import numpy as np\n"
                                       "def make():\n    return [{'x': np.zeros(3)}]\n")
-    result = run_server(["--source", "python:%s:make" % (tmp_path / "flat.py"), "--mean-value", "1"], tmp_path)
+    result = run_server(["--source", "python:%s:make" % (tmp_path / "flat.py"), "--mean-value", "1"])
     assert result.returncode == 2
     assert "--crop-size/--mirror/--mean-file/--mean-value/--scale: the samples of python:" in result.stderr
     assert "have no C x H x W 'data' image to transform (they have x (3,))" in result.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from client_layer import wire
-from datasets import random_images, write_npz
+from harness.datasets import random_images, write_npz
 from server.__main__ import main
 from server.caffe_proto import write_mean_binaryproto
 from server.config import ConfigError, parse_config, prepare
@@ -60,6 +60,8 @@ def test_bad_values_are_refused_naming_the_option(source, extra, option):
     (["--compress", "brotli"], "expected off, lz4, zstd or zstd:LEVEL"),
     (["--compress", "lz4:3"], "only zstd takes a level"),
     (["--compress", "zstd:99"], "zstd level 99: use -20 (fastest) to 22 (smallest)"),
+    (["--ready-file", "/nonexistent/ready"], "--ready-file /nonexistent/ready: its directory /nonexistent does not exist"),
+    (["--ready-file", "/"], "--ready-file /: is a directory"),
 ])
 def test_conflicting_or_unusable_settings_are_refused(source, extra, message):
     assert message in refusal(["--source", source, *extra])

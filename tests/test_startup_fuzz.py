@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datasets import random_images, write_lmdb, write_npz
+from harness.datasets import random_images, write_lmdb, write_npz
 from server.caffe_proto import write_mean_binaryproto
 from server.config import ConfigError, parse_config, prepare
 from server.options import ENVIRONMENT, ENVIRONMENT_LISTS, ENVIRONMENT_SWITCHES

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from processes import ServerProcess, free_port
+from harness.children import ServerProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def test_signal_during_start_up_exits_0_within_seconds(tmp_path, step, signum):
             assert server.process.poll() is None and time.monotonic() < deadline, server.log
             time.sleep(0.05)
         started = time.monotonic()
-        status = server.stop(signum, timeout=30)
+        status = server.stop(signum, timeout_s=30)
         took = time.monotonic() - started
     assert status == 0, server.log
     assert took < STOP_BOUND_S, "took %.1f s; log:\n%s" % (took, server.log)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from client_layer import BatchClient
-from datasets import random_images, write_npz
-from processes import ServerProcess, free_port
+from harness.children import ServerProcess, free_port
+from harness.datasets import random_images, write_npz
 from server.plan import Shard
 from server.resume_state import STATE_FILE, ResumeState
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client_layer import compression, wire
-from datasets import smooth_images
+from harness.datasets import smooth_images
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Small real datasets built inside tests: npz files, Datum LMDBs, image lists."""
+"""Small real data sets for tests and benchmarks: npz files, Datum LMDBs, image lists."""
 
 from pathlib import Path
 from typing import Sequence

@@ -1,9 +1,11 @@
-"""A trainer stand-in for multi-host tests: receive batches, record their headers as JSON.
+"""A trainer stand-in for the multi-host tests and benchmark: receive batches, record their headers as JSON.
 
-Usage: trainer_probe.py OUT.json COUNT (--connect ADDR ... | --bind ADDR) [--timeout S] [--idle S] [--work S]
-Prints "ready" once its socket exists, then receives COUNT batches (or until --idle seconds pass without one, when
-COUNT is 0), spending --work seconds on each batch as a training step would, and writes [{"stream", "seq", "epochs", "indices", "bytes", "wire_bytes"}] plus
-the receive time. Runs in whatever network namespace it is started in.
+Usage: python -m harness.trainer_probe OUT.json COUNT (--connect ADDR ... | --bind ADDR) [--timeout S] [--idle S]
+[--work S] [--ready-file PATH]
+Writes PATH (empty) once its socket exists, then receives COUNT batches (or until --idle seconds pass without one,
+when COUNT is 0), spending --work seconds on each batch as a training step would, and writes
+[{"stream", "seq", "epochs", "indices", "bytes", "wire_bytes"}] plus the receive time. Runs in whatever network
+namespace it is started in.
 """
 
 import argparse
@@ -12,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from client_layer import BatchClient, NoDataError  # noqa: E402
+from client_layer import BatchClient, NoDataError
 
 
 def main() -> int:
@@ -26,11 +26,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--work", type=float, default=0.0)
+    parser.add_argument("--ready-file", type=Path, default=None)
     args = parser.parse_args()
     records = []
     started = None
     with BatchClient(args.connect or None, args.bind, timeout_s=args.timeout) as client:
-        print("ready", flush=True)  # the socket exists: tests may start servers now
+        if args.ready_file is not None:
+            args.ready_file.touch()  # the socket exists: servers may start now
         while args.count == 0 or len(records) < args.count:
             try:
                 batch = client.receive()
