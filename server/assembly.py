@@ -152,10 +152,11 @@ class BatchAssembly:
     def _task(self, batch: PendingBatch, rows: np.ndarray) -> RowTask:
         return RowTask(next(self._task_ids), batch.seq, batch.slot, rows, batch.indices[rows])
 
-    def start(self, slot: int) -> List[RowTask]:
-        """Begin the next message's batches in ``slot``; returns the tasks filling their rows,
+    def start(self, slot: int, count: Optional[int] = None) -> List[RowTask]:
+        """Begin the next message, of ``count`` batches (default and at most ``batches_per_message``,
+        see NOTE [ Message pacing ]), in ``slot``; returns the tasks filling their rows,
         ``rows_per_task`` rows each (the last one the rest)."""
-        count = self.batches_per_message
+        count = min(count or self.batches_per_message, self.batches_per_message)
         if self.plan.batch_count is not None:
             count = min(count, self.plan.batch_count - self.next_seq)
         size = count * self.plan.batch_size

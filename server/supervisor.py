@@ -59,6 +59,7 @@ from server.assembly import BatchAssembly, PackTask, PendingBatch, Task, TooFewG
 from server.batch_buffer import BatchSlots, slot_bytes_for
 from server.config import PreparedData, ServerConfig
 from server.curve import CurveServer
+from server.message_pacing import MessagePacing
 from server.metrics import ServerMetrics
 from server.plan import EpochPlan
 from server.resume_state import ResumeState
@@ -152,6 +153,7 @@ class DataServer:
                                       batches_per_message=self.batches_per_message,
                                       prove_bad=lambda index: probe_sample(self._worker_setup(-1), index),
                                       rows_per_task=max(1, TASK_TARGET_BYTES * config.batch_size // max(1, self.batch_bytes)))
+        self.pacing = MessagePacing(self.batches_per_message, config.batch_size, config.workers)
         self.next_send = first_seq
         self.queue: Deque[Task] = deque()
         self.stop_signal: Optional[int] = None
@@ -172,14 +174,16 @@ class DataServer:
 
     def _start_batches(self) -> None:
         while self.free_slots and self.assembly.can_start and len(self.queue) < len(self.pool.workers):
-            self.queue.extend(self.assembly.start(self.free_slots.pop()))
+            self.queue.extend(self.assembly.start(self.free_slots.pop(), self.pacing.next_count()))
 
     def _assign(self) -> None:
         while self.queue:
             handle = self.pool.least_busy()
             if len(handle.outstanding) >= TASKS_PER_WORKER:
                 return
-            self.pool.assign(handle, self.queue.popleft())
+            task = self.queue.popleft()
+            self.pacing.assigned(task.task_id)
+            self.pool.assign(handle, task)
 
     def _collect(self, handle: WorkerHandle) -> None:
         """Take every answer waiting on ``handle``'s pipe, then deal with its death if it died."""
@@ -194,6 +198,7 @@ class DataServer:
                 self.assembly.packed(task, answer)
                 continue
             bad_rows = answer
+            self.pacing.answered(task_id, len(task.rows))
             if bad_rows and self.config.on_bad_sample == "fail":
                 raise ServerError("cannot load %s (--on-bad-sample skip would skip it)"
                                   % next(iter(bad_rows.values())))
@@ -208,6 +213,7 @@ class DataServer:
         handle.process.join(1.0)
         reading = " while reading %s" % self.prepared.source.describe(crashing) if crashing is not None else ""
         tasks = list(handle.outstanding.values())
+        self.pacing.forget(handle.outstanding)
         log.error("loader worker %d (pid %d) %s%s; restarting it and re-issuing %d unfinished tasks",
                   handle.worker_id, handle.process.pid, describe_exit(handle.process), reading, len(tasks))
         if self.pool.died_working(handle):

@@ -109,8 +109,9 @@ def test_one_server_host_two_trainer_hosts(tmp_path, large_images, topology):
                  [a for n in range(2) for a in ("--connect", "tcp://%s:%d" % (net.hosts["trainer%d" % n].address, PORT))])
         for trainer in trainers:  # both ready before any batch flows: none can take them all
             trainer.wait_ready()
+        # One batch a message, so that this short stream is shared batch by batch.
         with ServerProcess(["--source", large_images, *where, "--batch-size", str(BATCH), "--epochs", str(EPOCHS),
-                            "--workers", "1", "--phase", "test"],
+                            "--workers", "1", "--phase", "test", "--max-batches-per-message", "1"],
                            tmp_path / "server.log", prefix=server_host.command([])) as server:
             received = [finish(trainer, out) for trainer, out in zip(trainers, outs)]
             assert server.wait() == 0, server.log

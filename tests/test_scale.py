@@ -66,7 +66,9 @@ def test_one_server_feeds_two_trainers_distinct_batches(tmp_path, npz_source):
     source = npz_source(random_images(size, (3, 128, 128)))
     ports = [free_port(), free_port()]
     trainers = [BatchClient(bind="tcp://127.0.0.1:%d" % p, timeout_s=0.5, prefetch=1) for p in ports]
-    args = ["--source", source, "--batch-size", str(batch), "--epochs", "2"]
+    # One batch a message: the trainers share the stream batch by batch (by default 10 of these
+    # batches would travel together, and the 20 batches would be two messages).
+    args = ["--source", source, "--batch-size", str(batch), "--epochs", "2", "--max-batches-per-message", "1"]
     for port in ports:
         args += ["--connect", "tcp://127.0.0.1:%d" % port]
     got = [[], []]
