@@ -13,6 +13,8 @@ been handed to the kernel. The slots are the only batch memory, so
 ``--max-inflight-mb`` bounds it in bytes; ZeroMQ's own queue never holds more
 than the slots.
 
+How many slots may be in use: NOTE [ Slots per trainer ] (server/slot_pool.py).
+
 NOTE [ Worker death ]
 A worker's pipe and its process sentinel both wake the loop, so a death is
 seen at once. The supervisor logs which worker died, how, and which sample
@@ -55,7 +57,7 @@ import zmq
 
 from client_layer import wire
 from server.assembly import BatchAssembly, PackTask, PendingBatch, Task, TooFewGoodSamples
-from server.batch_buffer import BatchSlots, slot_bytes_for
+from server.batch_buffer import slot_bytes_for
 from server.config import PreparedData, ServerConfig
 from server.curve import CurveServer
 from server.metrics import ServerMetrics
@@ -63,6 +65,7 @@ from server.plan import EpochPlan
 from server.resume_state import ResumeState
 from server.sender import SHUTDOWN_LINGER_MS, BatchSender, SenderError
 from server.shutdown_deadline import ShutdownDeadline
+from server.slot_pool import SlotPool
 from server.throughput import ThroughputLog
 from server.worker import WorkerSetup
 from server.worker_pool import WorkerHandle, WorkerPool, describe_exit, new_progress, probe_sample
@@ -132,10 +135,9 @@ class DataServer:
                       in prepared.layout.batch_arrays(config.batch_size * self.batches_per_message)]
         layout = [(s.name, s.dtype, s.shape) for s in self.specs]
         slot_bytes = slot_bytes_for(layout, packed=self.codec is not None)
-        slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
-        self.slots = BatchSlots(layout, slot_count, packed=self.codec is not None)
-        # A stack: the most recently released slot is reused first, so idle slots stay untouched pages.
-        self.free_slots: List[int] = list(range(slot_count - 1, -1, -1))
+        working_slots = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
+        self.slot_pool = SlotPool(layout, working_slots, config.max_inflight_mb, packed=self.codec is not None)
+        self.slots = self.slot_pool.slots
         self.resume = ResumeState.for_config(config, len(prepared.source))
         first_seq, first_position = self.resume.load() if self.resume else (0, 0)
         self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position,
@@ -158,9 +160,12 @@ class DataServer:
 
     # -- work in -----------------------------------------------------------------------------
 
-    def _start_batches(self) -> None:
-        while self.free_slots and self.assembly.can_start and len(self.queue) < len(self.pool.workers):
-            self.queue.append(self.assembly.start(self.free_slots.pop()))
+    def _start_batches(self, sender: BatchSender) -> None:
+        self.slot_pool.check_budget(sender.trainers)
+        spare = self.slot_pool.spare(sender.trainers)
+        while spare > 0 and self.assembly.can_start and len(self.queue) < len(self.pool.workers):
+            self.queue.append(self.assembly.start(self.slot_pool.take()))
+            spare -= 1
 
     def _assign(self) -> None:
         while self.queue:
@@ -264,7 +269,7 @@ class DataServer:
         self.metrics.workers_busy.set(self.pool.busy_count())
         self.metrics.skipped.inc(self.assembly.skipped - self._skipped_reported)
         self._skipped_reported = self.assembly.skipped
-        self.metrics.read_monitor()
+        self.metrics.trainers.set(sender.trainers)
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -278,7 +283,7 @@ class DataServer:
         if self.assembly.complete(self.next_send):
             poller.register(sender.socket, zmq.POLLOUT)
         # Slots come back only by polling ZeroMQ's trackers: poll fast only when short of slots.
-        timeout = POLL_RELEASE_MS if sender.in_flight and not self.free_slots else POLL_IDLE_MS
+        timeout = POLL_RELEASE_MS if sender.in_flight and self.slot_pool.spare(sender.trainers) <= 0 else POLL_IDLE_MS
         woken = {wake[fd] for fd, _event in poller.poll(timeout) if fd in wake}
         for handle in woken:
             self._collect(handle)
@@ -302,7 +307,6 @@ class DataServer:
                     self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
                 except OSError as exc:
                     raise ServerError("cannot serve metrics on port %d: %s" % (self.config.metrics_port, exc))
-                self.metrics.watch(sender.socket)  # before any trainer can connect
             try:
                 sender.open(self.config.bind, self.config.connect)
             except SenderError as exc:
@@ -322,13 +326,13 @@ class DataServer:
                      self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
             while self.stop_signal is None and not self._finished(sender):
                 try:
-                    self._start_batches()
+                    self._start_batches(sender)
                     self._assign()
                     self._poll(sender)
                 except TooFewGoodSamples as exc:
                     raise ServerError(str(exc)) from None
                 self._send_ready(sender)
-                self.free_slots.extend(batch.slot for batch in sender.release_sent())
+                self.slot_pool.release(batch.slot for batch in sender.release_sent())
                 self._save_resume_state(sender)
                 self.throughput.maybe_log((len(self.assembly.pending) + sender.in_flight) * self.batches_per_message,
                                           self.pool.busy_count())
@@ -358,7 +362,7 @@ class DataServer:
         self.pool.stop()
         if self.metrics is not None:
             deadline.step("stopping the metrics server")
-            self.metrics.close(sender.socket if sender else None)
+            self.metrics.close()
         if sender is not None:
             deadline.step("closing the socket")
             sender.close()
