@@ -17,6 +17,7 @@ over it: trainers that stop reading may then leave the others nothing.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Iterable, List, Sequence
 
@@ -72,4 +73,4 @@ class SlotPool:
                         "loader workers' %d and %d for each of %d trainers; should trainers stop reading, the "
                         "others may get no batches (--max-inflight-mb %.0f would cover %d trainers)",
                         trainers, self.slots.slot_count, self.slots.slot_bytes / 2**20, self.working_slots,
-                        PINNED_PER_TRAINER, covered, needed_mb, trainers)
+                        PINNED_PER_TRAINER, covered, math.ceil(needed_mb), trainers)

@@ -60,3 +60,26 @@ def test_stalled_trainers_do_not_starve_a_healthy_one(tmp_path, npz_source):
         context.term()
     assert len(received) == 20 and elapsed < 15, elapsed
     assert "over the --max-inflight-mb budget" not in server.log, server.log
+
+
+def test_trainers_beyond_the_budget_are_named(tmp_path, npz_source):
+    """80 MB holds 8 slots of 9.6 MB: the workers' working set, and no trainer's share. A single
+    trainer starves no one; the second one connected is over the budget, and the log says so."""
+    source = npz_source(random_images(128, (3, 224, 224), seed=2))
+    endpoint = "tcp://127.0.0.1:%d" % free_port()
+    context = zmq.Context()
+    stalled = []
+    try:
+        with ServerProcess(server_args(source, endpoint, 80), tmp_path / "server.log") as server:
+            server.wait_for_log("serving")
+            stalled = stalled_trainers(context, endpoint, 1)
+            time.sleep(1.0)
+            assert "over the --max-inflight-mb budget" not in server.log
+            stalled += stalled_trainers(context, endpoint, 1)
+            server.wait_for_log("trainer 2 is over the --max-inflight-mb budget", timeout=10)
+            server.stop()
+    finally:
+        for socket in stalled:
+            socket.close(0)
+        context.term()
+    assert "--max-inflight-mb 129 would cover 2 trainers" in server.log, server.log
