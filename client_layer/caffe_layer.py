@@ -251,6 +251,7 @@ class ZmqDataLayer(caffe.Layer):
         return {"zfeed_layer_batches_received_total": client.batches_received,
                 "zfeed_layer_samples_received_total": client.samples_received,
                 "zfeed_layer_rejected_messages_total": client.rejected,
+                "zfeed_layer_overlapping_shards_total": client.overlapping_shards,
                 "zfeed_layer_wait_seconds_total": client.wait_s,
                 "zfeed_layer_seconds_total": time.monotonic() - self._set_up_at,
                 "zfeed_layer_net_seconds_total": net_s,

@@ -9,7 +9,8 @@ samples (fewer, larger messages cost less per batch on both sides)::
                  into frames of ``rows_per_frame`` rows each
 
 The header names the format version, the message kind, the stream (which
-server), the sequence number of its first batch, the rows of one batch
+server), the origin (``StreamOrigin``: which shard of which data, from which
+server process), the sequence number of its first batch, the rows of one batch
 (``batch_rows``), for every array its name, dtype, shape and rows per frame,
 and for every sample its dataset index and its epoch. A message of several
 batches (more rows than ``batch_rows``) has every array in one frame, and
@@ -42,12 +43,12 @@ from __future__ import annotations
 import importlib
 import math
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import msgpack
 import numpy as np
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4  # 4: the header's "origin"
 KIND_BATCH = "batch"
 
 # glibc serves allocations of 32 MiB and more with fresh pages every time,
@@ -81,6 +82,30 @@ class WireError(ValueError):
 class CodecMissingError(WireError):
     """A batch is compressed with a codec whose package this Python lacks: a set-up
     error of this trainer, not a fault of the message."""
+
+
+class StreamOrigin(NamedTuple):
+    """Where a message comes from: a server process (``server``, random per process), serving
+    shard ``shard_index`` of ``shard_count`` of ``samples`` samples in the order of ``seed``."""
+
+    server: str
+    shard_index: int
+    shard_count: int
+    seed: int
+    samples: int
+
+
+def _parse_origin(value: object) -> Optional[StreamOrigin]:
+    if value is None:
+        return None
+    fields = (value.get("server"), value.get("shard"), value.get("seed"), value.get("samples")) \
+        if isinstance(value, dict) else (None,) * 4
+    server, shard, seed, samples = fields
+    if not (isinstance(server, str) and 0 < len(server) <= 64 and isinstance(shard, list) and len(shard) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in shard + [seed, samples])
+            and 0 <= shard[0] < shard[1] and seed >= 0 and samples >= 0):
+        raise WireError("header 'origin' is not {server: id, shard: [i, n], seed: s, samples: n}: %r" % (value,))
+    return StreamOrigin(server, shard[0], shard[1], seed, samples)
 
 
 class ArraySpec:
@@ -136,10 +161,11 @@ def array_spec(name: str, dtype: np.dtype, shape: Sequence[int],
 def encode_header(stream: str, seq: int, specs: Sequence[ArraySpec],
                   indices: np.ndarray, epochs: np.ndarray,
                   extra: Optional[dict] = None, codec: Optional[str] = None,
-                  batch_rows: Optional[int] = None) -> bytes:
+                  batch_rows: Optional[int] = None, origin: Optional[StreamOrigin] = None) -> bytes:
     """Pack a message header. ``indices``/``epochs`` hold one entry per sample;
     ``codec`` names the compression of frames that are shorter than their rows;
-    ``batch_rows`` is the rows of one batch (default: the message is one batch)."""
+    ``batch_rows`` is the rows of one batch (default: the message is one batch);
+    ``origin``: what the server serves (a server always sends it)."""
     header = {
         "zfeed": WIRE_VERSION,
         "kind": KIND_BATCH,
@@ -154,6 +180,9 @@ def encode_header(stream: str, seq: int, specs: Sequence[ArraySpec],
         header["extra"] = extra
     if codec:
         header["codec"] = codec
+    if origin is not None:
+        header["origin"] = {"server": origin.server, "shard": [origin.shard_index, origin.shard_count],
+                            "seed": origin.seed, "samples": origin.samples}
     return msgpack.packb(header, use_bin_type=True)
 
 
@@ -299,8 +328,9 @@ class Batch:
     def __init__(self, stream: str, seq: int, specs: List[ArraySpec],
                  frames_by_array: List[List[memoryview]], indices: np.ndarray,
                  epochs: np.ndarray, extra: dict, keepalive: Sequence[object], wire_bytes: int = 0,
-                 batch_rows: Optional[int] = None):
+                 batch_rows: Optional[int] = None, origin: Optional[StreamOrigin] = None):
         self.stream = stream
+        self.origin = origin
         self.seq = seq
         self.wire_bytes = wire_bytes  # the message's size as received, header and compression included
         self.specs = specs
@@ -324,6 +354,7 @@ class Batch:
         for number in range(count):
             part = object.__new__(Batch)
             part.stream, part.seq, part.extra, part.batch_rows = self.stream, self.seq + number, self.extra, rows
+            part.origin = self.origin
             part.wire_bytes = self.wire_bytes * (number + 1) // count - self.wire_bytes * number // count
             part.indices = self.indices[number * rows:(number + 1) * rows]
             part.epochs = self.epochs[number * rows:(number + 1) * rows]
@@ -528,6 +559,7 @@ def decode_header(data: memoryview, max_batch_bytes: int) -> Tuple[dict, List[Ar
     codec = header.get("codec")
     if codec is not None and codec not in CODECS:
         raise WireError("header 'codec' %r is not one of %s" % (codec, ", ".join(CODECS)))
+    header["origin"] = _parse_origin(header.get("origin"))
     return header, specs
 
 
@@ -581,4 +613,5 @@ def decode_batch(frames: Sequence[object], max_batch_bytes: int) -> Batch:
             position += 1
         frames_by_array.append(views)
     return Batch(header["stream"], header["seq"], specs, frames_by_array, indices, epochs,
-                 header.get("extra", {}), keepalive=frames, wire_bytes=wire_bytes, batch_rows=batch_rows)
+                 header.get("extra", {}), keepalive=frames, wire_bytes=wire_bytes, batch_rows=batch_rows,
+                 origin=header["origin"])

@@ -15,6 +15,7 @@ The guard is also the socket's monitor: ``trainers`` counts its connections.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -40,6 +41,12 @@ SEND_BUFFER_BYTES = 1024 * 1024
 INBOUND_LIMIT_BYTES = 64 * 1024
 
 
+def new_server_id() -> str:
+    """A random id for this server process, sent in every header's origin: trainers tell
+    two servers claiming the same shard apart by it."""
+    return secrets.token_hex(8)
+
+
 class SenderError(RuntimeError):
     """The socket cannot be set up; the message names the endpoint."""
 
@@ -49,10 +56,12 @@ class BatchSender:
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
                  curve: Optional[CurveServer] = None, extra: Optional[dict] = None,
-                 codec_name: Optional[str] = None):
+                 codec_name: Optional[str] = None, origin: Optional[wire.StreamOrigin] = None):
         """``specs``: the arrays of a full message; ``extra`` goes into every header (e.g. how
-        the trainer finishes uint8 pixels); ``codec_name`` names the compression of packed frames."""
+        the trainer finishes uint8 pixels); ``codec_name`` names the compression of packed frames;
+        ``origin``: this server's shard of its data, in every header."""
         self.stream_id = stream_id
+        self.origin = origin
         self.specs = list(specs)
         self._specs_by_rows = {self.specs[0].shape[0]: self.specs}  # rows of a message -> its specs
         self.extra = extra
@@ -112,7 +121,7 @@ class BatchSender:
         """
         specs = self._specs_for(len(indices))
         parts: List[object] = [wire.encode_header(self.stream_id, seq, specs, indices, epochs, self.extra,
-                                                  self.codec_name, batch_rows)]
+                                                  self.codec_name, batch_rows, self.origin)]
         for spec in specs:
             if packed is None:
                 parts.extend(wire.array_frames(spec, arrays[spec.name]))

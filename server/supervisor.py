@@ -63,7 +63,7 @@ from server.curve import CurveServer
 from server.metrics import ServerMetrics
 from server.plan import EpochPlan
 from server.resume_state import ResumeState
-from server.sender import SHUTDOWN_LINGER_MS, BatchSender, SenderError
+from server.sender import SHUTDOWN_LINGER_MS, BatchSender, SenderError, new_server_id
 from server.shutdown_deadline import ShutdownDeadline
 from server.slot_pool import SlotPool
 from server.throughput import ThroughputLog
@@ -299,9 +299,12 @@ class DataServer:
             if self.config.curve_secret_key:
                 curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
                 curve.start(context)
+            shard = self.config.shard
+            origin = wire.StreamOrigin(new_server_id(), shard.index, shard.count, self.config.seed,
+                                       len(self.prepared.source))
             sender = BatchSender(context, self.config.stream_id, self.specs, curve=curve,
                                  extra=self.prepared.layout.wire_extra(),
-                                 codec_name=self.codec.name if self.codec else None)
+                                 codec_name=self.codec.name if self.codec else None, origin=origin)
             if self.config.metrics_port:
                 try:
                     self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
@@ -311,9 +314,8 @@ class DataServer:
                 sender.open(self.config.bind, self.config.connect)
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
-            shard = self.config.shard
             log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB"
-                     " (%d batches per message)",
+                     " (%d batches per message); server id %s",
                      self.plan.local_size,
                      " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
                      if shard.count > 1 else "", self.config.source,
@@ -323,7 +325,7 @@ class DataServer:
                      " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
                      ", compressing with %s" % self.codec.describe() if self.codec else "",
                      len(self.pool.workers),
-                     self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
+                     self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message, origin.server)
             while self.stop_signal is None and not self._finished(sender):
                 try:
                     self._start_batches(sender)
