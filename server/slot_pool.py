@@ -49,6 +49,10 @@ class SlotPool:
         self._free: List[int] = list(range(capacity - 1, -1, -1))
         self._over_budget = False
 
+    def describe(self) -> str:
+        return "%d batch slots of %.1f MB (%d for the workers, %d per trainer connected)" % (
+            self.slots.slot_count, self.slots.slot_bytes / 2**20, self.working_slots, PINNED_PER_TRAINER)
+
     def spare(self, trainers: int) -> int:
         """Slots that may take a new batch now, with ``trainers`` connected."""
         in_use = self.slots.slot_count - len(self._free)

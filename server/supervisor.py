@@ -314,7 +314,7 @@ class DataServer:
                 sender.open(self.config.bind, self.config.connect)
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
-            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB"
+            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %s"
                      " (%d batches per message); server id %s",
                      self.plan.local_size,
                      " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
@@ -325,7 +325,7 @@ class DataServer:
                      " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
                      ", compressing with %s" % self.codec.describe() if self.codec else "",
                      len(self.pool.workers),
-                     self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message, origin.server)
+                     self.slot_pool.describe(), self.batches_per_message, origin.server)
             while self.stop_signal is None and not self._finished(sender):
                 try:
                     self._start_batches(sender)
