@@ -98,9 +98,8 @@ class StreamOrigin(NamedTuple):
 def _parse_origin(value: object) -> Optional[StreamOrigin]:
     if value is None:
         return None
-    fields = (value.get("server"), value.get("shard"), value.get("seed"), value.get("samples")) \
-        if isinstance(value, dict) else (None,) * 4
-    server, shard, seed, samples = fields
+    fields = value if isinstance(value, dict) else {}
+    server, shard, seed, samples = (fields.get(key) for key in ("server", "shard", "seed", "samples"))
     if not (isinstance(server, str) and 0 < len(server) <= 64 and isinstance(shard, list) and len(shard) == 2
             and all(isinstance(n, int) and not isinstance(n, bool) for n in shard + [seed, samples])
             and 0 <= shard[0] < shard[1] and seed >= 0 and samples >= 0):
