@@ -19,6 +19,7 @@ from client_layer.caffe_arithmetic import finish_pixels
 
 if TYPE_CHECKING:
     from client_layer.frames import ArraySpec
+    from client_layer.wire import StreamOrigin
 
 
 class Batch:
@@ -32,7 +33,8 @@ class Batch:
     def __init__(self, stream: str, seq: int, specs: List[ArraySpec],
                  frames_by_array: List[List[memoryview]], indices: np.ndarray,
                  epochs: np.ndarray, extra: dict, keepalive: Sequence[object], wire_bytes: int = 0,
-                 batch_rows: Optional[int] = None, finish: Optional[Dict[str, tuple]] = None):
+                 batch_rows: Optional[int] = None, finish: Optional[Dict[str, tuple]] = None,
+                 origin: Optional["StreamOrigin"] = None):
         """``finish``: {array name: (mean (C,1,1) float32 or None, scale)} for uint8 pixels this side
         finishes into float32 (the header's ``extra.finish``, validated by ``wire.decode_batch``)."""
         self.stream = stream
@@ -47,6 +49,7 @@ class Batch:
         self._spec_by_name = {spec.name: spec for spec in specs}
         self._keepalive = keepalive
         self._finish = finish or {}
+        self.origin = origin  # where the message comes from (wire.StreamOrigin), None from a bare sender
 
     def split(self) -> List["Batch"]:
         """The batches this message carries, in order: itself when it is one batch, else
@@ -71,6 +74,7 @@ class Batch:
             part._spec_by_name = spec_by_name
             part._keepalive = self._keepalive
             part._finish = self._finish
+            part.origin = self.origin
             parts.append(part)
         return parts
 

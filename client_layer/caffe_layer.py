@@ -6,7 +6,7 @@
                      param_str: '{"address": "tcp://dataserver:5555"}' }
     }
 
-``param_str`` is JSON, see ``LayerParams``. ``setup()`` learns the top shapes
+``param_str`` is JSON, see ``layer_params.LayerParams``. ``setup()`` learns the top shapes
 from the first batch (which the first ``forward()`` then delivers);
 ``forward()`` copies each array once into its top blob; ``backward()`` does
 nothing. A batch whose shapes differ from the stream's first is dropped and
@@ -21,96 +21,22 @@ previous batch in the tops, and the solver acts as ``-sigint_effect`` says
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
 import caffe
 
 from client_layer import host_sigint
 from client_layer.layer_metrics import LayerMetricsServer
-from client_layer.receiver import DEFAULT_PREFETCH, DEFAULT_TIMEOUT_S, BatchClient, ReceiveInterrupted
 from client_layer.batch import Batch
+from client_layer.layer_params import LayerParamError, LayerParams
+from client_layer.receiver import BatchClient, ReceiveInterrupted
 
 log = logging.getLogger("zfeed.layer")
 
 WAIT_REPORT_INTERVAL_S = 30.0
-DEFAULT_TOPS = ("data", "label")
-DEFAULT_MAX_BATCH_MB = 2048
-_KEYS = ("address", "bind", "timeout_s", "tops", "prefetch", "max_batch_mb",
-         "curve_secret_key", "curve_server_key", "metrics_port")
-
-
-def _invalid(key: str, value: object, wanted: str) -> ValueError:
-    return ValueError('ZmqDataLayer param_str "%s" must be %s, got %s' % (key, wanted, json.dumps(value)))
-
-
-def _endpoints(params: dict, key: str) -> Optional[List[str]]:
-    value = params.get(key)
-    if value is None:
-        return None
-    endpoints = [value] if isinstance(value, str) else value
-    if not (isinstance(endpoints, list) and endpoints
-            and all(isinstance(e, str) and e for e in endpoints)):
-        raise _invalid(key, value, 'an endpoint string (e.g. "tcp://dataserver:5555") or a list of them')
-    return endpoints
-
-
-def _positive_number(params: dict, key: str, default: float) -> float:
-    value = params.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise _invalid(key, value, "a positive, finite number")
-    return float(value)
-
-
-def _optional_string(params: dict, key: str) -> Optional[str]:
-    value = params.get(key)
-    if value is not None and not (isinstance(value, str) and value):
-        raise _invalid(key, value, "a file path")
-    return value
-
-
-class LayerParams:
-    """The layer's ``param_str``, parsed and checked: a bad value raises ValueError naming its key."""
-
-    def __init__(self, param_str: str):
-        try:
-            params = json.loads(param_str or "{}")
-        except ValueError as exc:
-            raise ValueError("ZmqDataLayer param_str is not JSON (%s): %r" % (exc, param_str)) from None
-        if not isinstance(params, dict):
-            raise ValueError("ZmqDataLayer param_str must be a JSON object, got %r" % param_str)
-        unknown = sorted(set(params) - set(_KEYS))
-        if unknown:
-            raise ValueError("ZmqDataLayer param_str has unknown keys %s; known: %s"
-                             % (unknown, ", ".join(_KEYS)))
-        self.address = _endpoints(params, "address")
-        self.bind = _endpoints(params, "bind")
-        if not self.address and not self.bind:
-            raise ValueError('ZmqDataLayer param_str needs "address" (e.g. "tcp://dataserver:5555") '
-                             'or "bind" (e.g. "tcp://*:5555")')
-        self.timeout_s = _positive_number(params, "timeout_s", DEFAULT_TIMEOUT_S)
-        tops = params.get("tops", list(DEFAULT_TOPS))
-        if not (isinstance(tops, list) and tops and all(isinstance(t, str) and t for t in tops)
-                and len(set(tops)) == len(tops)):
-            raise _invalid("tops", tops, 'a list of distinct array names, e.g. ["data", "label"]')
-        self.tops: List[str] = tops
-        prefetch = params.get("prefetch", DEFAULT_PREFETCH)
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
-            raise _invalid("prefetch", prefetch, "an integer of at least 1")
-        self.prefetch = prefetch
-        self.max_batch_bytes = int(_positive_number(params, "max_batch_mb", DEFAULT_MAX_BATCH_MB) * 2**20)
-        self.curve_secret_key = _optional_string(params, "curve_secret_key")
-        self.curve_server_key = _optional_string(params, "curve_server_key")
-        port = params.get("metrics_port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-            raise _invalid("metrics_port", port, "a TCP port number from 1 to 65535")
-        self.metrics_port: Optional[int] = port
-
-
 # The handler this module adds to the "zfeed" logger, once per process however many layers there are.
 _LOG_HANDLER = logging.StreamHandler(sys.stderr)
 _LOG_HANDLER.setFormatter(logging.Formatter("%(asctime)s zfeed-layer %(levelname)s %(message)s"))
@@ -193,7 +119,7 @@ class ZmqDataLayer(caffe.Layer):
                                          {"phase": "train" if self.phase == 0 else "test"})
         except OSError as exc:
             self.client.close()
-            raise ValueError('ZmqDataLayer param_str "metrics_port": cannot serve metrics on port %d (%s): '
+            raise LayerParamError('ZmqDataLayer param_str "metrics_port": cannot serve metrics on port %d (%s): '
                              'choose a free port, or leave "metrics_port" out' % (port, exc.strerror or exc)) from None
         log.info("layer metrics on http://0.0.0.0:%d/metrics", metrics.port)
         return metrics
@@ -253,6 +179,7 @@ class ZmqDataLayer(caffe.Layer):
         return {"zfeed_layer_batches_received_total": client.batches_received,
                 "zfeed_layer_samples_received_total": client.samples_received,
                 "zfeed_layer_rejected_messages_total": client.rejected,
+                "zfeed_layer_overlapping_shards_total": client.overlapping_shards,
                 "zfeed_layer_wait_seconds_total": client.wait_s,
                 "zfeed_layer_seconds_total": time.monotonic() - self._set_up_at,
                 "zfeed_layer_net_seconds_total": net_s,

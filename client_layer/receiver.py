@@ -36,6 +36,7 @@ from client_layer.batch import Batch
 from client_layer.connection_guard import ConnectionGuard
 from client_layer.curve_keys import CurveKeyError, load_key_pair, load_public_key
 from client_layer.wire_errors import CodecMissingError
+from client_layer.shard_overlap import ShardOverlap, leftover_bytes
 
 log = logging.getLogger("zfeed.client")
 
@@ -127,6 +128,8 @@ class BatchClient:
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(wire.MAX_FRAME_BYTES, wire.MAX_HEADER_BYTES))
         self._largest_message = 0
         self._guard = ConnectionGuard(self._socket, self.unread_limit, lambda: self.endpoints)
+        self._shards = ShardOverlap(lambda: leftover_bytes(prefetch, self._largest_message, RECEIVE_BUFFER_BYTES),
+                                    lambda: self.endpoints)
         if curve_secret_key or curve_server_key:
             self._use_curve(curve_secret_key, curve_server_key)
         try:
@@ -157,6 +160,11 @@ class BatchClient:
         up to ``max_batch_bytes`` being received, and ``prefetch`` complete plus one partial
         per connection of the largest valid batch taken so far."""
         return self.max_batch_bytes + (self._prefetch + connections) * self._largest_message
+
+    @property
+    def overlapping_shards(self) -> int:
+        """Pairs of servers seen serving the same shard (NOTE [ Overlapping shards ])."""
+        return self._shards.overlaps
 
     @property
     def endpoints(self) -> str:
@@ -217,6 +225,7 @@ class BatchClient:
                         self.reject(str(exc))
                         continue
                     self._largest_message = max(self._largest_message, size)  # valid messages only
+                    self._shards.saw(batches[0].origin, size)
                     self._received.extend(batches[1:])
                     return self._count(batches[0])
                 if stop_requested is not None and stop_requested():

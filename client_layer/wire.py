@@ -17,7 +17,8 @@ samples (fewer, larger messages cost less per batch on both sides)::
                  into frames of ``rows_per_frame`` rows each
 
 The header names the format version, the message kind, the stream (which
-server), the sequence number of its first batch, the rows of one batch
+server), the origin (``StreamOrigin``: which shard of which data, from which
+server process), the sequence number of its first batch, the rows of one batch
 (``batch_rows``), for every array its name, dtype, shape and rows per frame,
 and for every sample its dataset index and its epoch. A message of several
 batches (more rows than ``batch_rows``) has every array in one frame, and
@@ -48,7 +49,7 @@ This module must keep working on Python 3.8 with numpy, msgpack and (for
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import msgpack
 import numpy as np
@@ -59,7 +60,7 @@ from client_layer.frames import (ALLOWED_DTYPES, MAX_FRAME_BYTES, ArraySpec, arr
                                  buffer_of, pack_frames)
 from client_layer.wire_errors import WireError
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4  # 4: the header's "origin"
 KIND_BATCH = "batch"
 
 # Headers are a few hundred bytes plus 12 bytes per sample.
@@ -71,13 +72,37 @@ _INDEX_DTYPE = np.dtype("<i8")
 _EPOCH_DTYPE = np.dtype("<i4")
 
 
+class StreamOrigin(NamedTuple):
+    """Where a message comes from: a server process (``server``, random per process), serving
+    shard ``shard_index`` of ``shard_count`` of ``samples`` samples in the order of ``seed``."""
+
+    server: str
+    shard_index: int
+    shard_count: int
+    seed: int
+    samples: int
+
+
+def _parse_origin(value: object) -> Optional[StreamOrigin]:
+    if value is None:
+        return None
+    fields = value if isinstance(value, dict) else {}
+    server, shard, seed, samples = (fields.get(key) for key in ("server", "shard", "seed", "samples"))
+    if not (isinstance(server, str) and 0 < len(server) <= 64 and isinstance(shard, list) and len(shard) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in shard + [seed, samples])
+            and 0 <= shard[0] < shard[1] and seed >= 0 and samples >= 0):
+        raise WireError("header 'origin' is not {server: id, shard: [i, n], seed: s, samples: n}: %r" % (value,))
+    return StreamOrigin(server, shard[0], shard[1], seed, samples)
+
+
 def encode_header(stream: str, seq: int, specs: Sequence[ArraySpec],
                   indices: np.ndarray, epochs: np.ndarray,
                   extra: Optional[dict] = None, codec: Optional[str] = None,
-                  batch_rows: Optional[int] = None) -> bytes:
+                  batch_rows: Optional[int] = None, origin: Optional[StreamOrigin] = None) -> bytes:
     """Pack a message header. ``indices``/``epochs`` hold one entry per sample;
     ``codec`` names the compression of frames that are shorter than their rows;
-    ``batch_rows`` is the rows of one batch (default: the message is one batch)."""
+    ``batch_rows`` is the rows of one batch (default: the message is one batch);
+    ``origin``: what the server serves (a server always sends it)."""
     header = {
         "zfeed": WIRE_VERSION,
         "kind": KIND_BATCH,
@@ -92,6 +117,9 @@ def encode_header(stream: str, seq: int, specs: Sequence[ArraySpec],
         header["extra"] = extra
     if codec:
         header["codec"] = codec
+    if origin is not None:
+        header["origin"] = {"server": origin.server, "shard": [origin.shard_index, origin.shard_count],
+                            "seed": origin.seed, "samples": origin.samples}
     return msgpack.packb(header, use_bin_type=True)
 
 
@@ -210,6 +238,7 @@ def decode_header(data: memoryview, max_batch_bytes: int) -> Tuple[dict, List[Ar
     codec = header.get("codec")
     if codec is not None and codec not in CODECS:
         raise WireError("header 'codec' %r is not one of %s" % (codec, ", ".join(CODECS)))
+    header["origin"] = _parse_origin(header.get("origin"))
     return header, specs
 
 
@@ -264,5 +293,5 @@ def decode_batch(frames: Sequence[object], max_batch_bytes: int) -> Batch:
         frames_by_array.append(views)
     extra = header.get("extra", {})
     return Batch(header["stream"], header["seq"], specs, frames_by_array, indices, epochs, extra,
-                 keepalive=frames, wire_bytes=wire_bytes, batch_rows=batch_rows,
+                 keepalive=frames, wire_bytes=wire_bytes, batch_rows=batch_rows, origin=header["origin"],
                  finish=_parse_finish(extra.get("finish"), {spec.name: spec for spec in specs}))

@@ -34,6 +34,7 @@ from server.data_options import DataOptionError, DataSpec, data_spec
 from server.endpoints import MAX_PORT, endpoint_problem
 from server.options import DEFAULT_BIND, SEED_LIMIT, ConfigError, build_parser, environment_arguments
 from server.plan import Shard
+from server.sender import new_server_id
 from server.sources import SelectedArrays, SourceError, SourceOptions, open_source
 from server.transform import TRAIN, TransformParams
 
@@ -246,9 +247,10 @@ def _layout(config: ServerConfig, first: dict, params: Optional[TransformParams]
 def _header(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Tuple[bytes, List[wire.ArraySpec]]:
     """The longest header a batch of ``batch_size`` can have, and the batch's specs."""
     specs = layout.batch_specs(batch_size)
+    origin = wire.StreamOrigin(new_server_id(), config.shard.index, config.shard.count, config.seed, 2**63 - 1)
     return wire.encode_header(config.stream_id, _LARGEST_SEQ, specs, np.zeros(batch_size, np.int64),
                               np.zeros(batch_size, np.int32), layout.wire_extra(),
-                              config.compress[0] if config.compress else None), specs
+                              config.compress[0] if config.compress else None, origin=origin), specs
 
 
 def _header_refusal(config: ServerConfig, layout: BatchLayout, batch_size: int) -> Optional[str]:

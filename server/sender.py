@@ -5,16 +5,24 @@ socket without copying them and keeps the caller's token (the batch) until
 ZeroMQ's tracker says every frame has left for the kernel; ``release_sent``
 returns the tokens whose frames are gone, so their slots can be reused.
 Only slots are ever queued, so the slots bound what is in flight.
+
+Trainers send the PUSH socket nothing but their handshake, so what a peer
+can make ZeroMQ hold for it is bounded too: no frame over
+``INBOUND_LIMIT_BYTES`` (ZMQ_MAXMSGSIZE), and no connection that has sent
+more than that (and the guard's slack) in all: ``ConnectionGuard`` closes it.
+The guard is also the socket's monitor: ``trainers`` counts its connections.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import zmq
 
 from client_layer import wire
+from client_layer.connection_guard import ConnectionGuard
 from server.curve import CurveServer
 
 SHUTDOWN_LINGER_MS = 2000
@@ -27,6 +35,16 @@ QUEUED_PER_TRAINER = 2
 # never sees; it holds a quarter of an ~8 MB message. The trainer's receive buffer is the same
 # (client_layer/receiver.py).
 SEND_BUFFER_BYTES = 1024 * 1024
+# What one trainer connection may send the server in all, besides the guard's slack: room
+# for a CURVE handshake many times over. A stream of empty frames costs libzmq 64 bytes
+# per 2 bytes read, so this bounds what a peer holds to a few MB.
+INBOUND_LIMIT_BYTES = 64 * 1024
+
+
+def new_server_id() -> str:
+    """A random id for this server process, sent in every header's origin: trainers tell
+    two servers claiming the same shard apart by it."""
+    return secrets.token_hex(8)
 
 
 class SenderError(RuntimeError):
@@ -38,10 +56,12 @@ class BatchSender:
 
     def __init__(self, context: zmq.Context, stream_id: str, specs: Sequence[wire.ArraySpec],
                  curve: Optional[CurveServer] = None, extra: Optional[dict] = None,
-                 codec_name: Optional[str] = None):
+                 codec_name: Optional[str] = None, origin: Optional[wire.StreamOrigin] = None):
         """``specs``: the arrays of a full message; ``extra`` goes into every header (e.g. how
-        the trainer finishes uint8 pixels); ``codec_name`` names the compression of packed frames."""
+        the trainer finishes uint8 pixels); ``codec_name`` names the compression of packed frames;
+        ``origin``: this server's shard of its data, in every header."""
         self.stream_id = stream_id
+        self.origin = origin
         self.specs = list(specs)
         self._specs_by_rows = {self.specs[0].shape[0]: self.specs}  # rows of a message -> its specs
         self.extra = extra
@@ -50,12 +70,17 @@ class BatchSender:
         self.socket.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         self.socket.setsockopt(zmq.SNDHWM, QUEUED_PER_TRAINER)
         self.socket.setsockopt(zmq.SNDBUF, SEND_BUFFER_BYTES)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, INBOUND_LIMIT_BYTES)
         if curve is not None:
             curve.secure(self.socket)
+        self._endpoints: List[str] = []
+        self._guard = ConnectionGuard(self.socket, None, lambda: ", ".join(self._endpoints),
+                                      connection_limit=INBOUND_LIMIT_BYTES)
         self._in_flight: List[Tuple[zmq.MessageTracker, Any]] = []
 
     def open(self, bind: Sequence[str], connect: Sequence[str]) -> None:
         """Bind to ``bind`` and connect to ``connect`` endpoints; SenderError names a failure."""
+        self._endpoints = ["bound at %s" % e for e in bind] + ["connected to %s" % e for e in connect]
         for endpoint in bind:
             try:
                 self.socket.bind(endpoint)
@@ -71,6 +96,11 @@ class BatchSender:
     def can_send(self) -> bool:
         """True when a whole batch can go out now without blocking."""
         return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT)
+
+    @property
+    def trainers(self) -> int:
+        """Connections open on the socket now (a trainer, or a stranger that has not left yet)."""
+        return self._guard.connections
 
     @property
     def in_flight(self) -> int:
@@ -91,7 +121,7 @@ class BatchSender:
         """
         specs = self._specs_for(len(indices))
         parts: List[object] = [wire.encode_header(self.stream_id, seq, specs, indices, epochs, self.extra,
-                                                  self.codec_name, batch_rows)]
+                                                  self.codec_name, batch_rows, self.origin)]
         for spec in specs:
             if packed is None:
                 parts.extend(wire.array_frames(spec, arrays[spec.name]))
@@ -128,4 +158,5 @@ class BatchSender:
         return [token for _tracker, token in self._in_flight]
 
     def close(self) -> None:
+        self._guard.close()  # the monitor goes before the socket
         self.socket.close()

@@ -12,6 +12,7 @@ frames, and the slot is free again once ZeroMQ's tracker says every frame has
 been handed to the kernel. The slots are the only batch memory, so
 ``--max-inflight-mb`` bounds it in bytes; ZeroMQ's own queue never holds more
 than the slots.
+How many slots may be in use: NOTE [ Slots per trainer ] (server/slot_pool.py).
 
 NOTE [ Worker death ]
 A worker's pipe and its process sentinel both wake the loop, so a death is
@@ -56,14 +57,15 @@ import zmq
 from client_layer import wire
 from server import ready_file
 from server.assembly import BatchAssembly, PackTask, PendingBatch, Task, TooFewGoodSamples
-from server.batch_buffer import BatchSlots, slot_bytes_for
+from server.batch_buffer import slot_bytes_for
 from server.config import PreparedData, ServerConfig
 from server.curve import CurveServer
 from server.message_pacing import MessagePacing
 from server.metrics import ServerMetrics
 from server.plan import EpochPlan
 from server.resume_state import ResumeState
-from server.sender import SHUTDOWN_LINGER_MS, BatchSender, SenderError
+from server.sender import SHUTDOWN_LINGER_MS, BatchSender, SenderError, new_server_id
+from server.slot_pool import SlotPool
 from server.shutdown_deadline import ShutdownDeadline
 from server.throughput import ThroughputLog
 from server.worker import WorkerSetup
@@ -142,10 +144,9 @@ class DataServer:
         # The arrays of a slot: one message's batches.
         self.specs = prepared.layout.batch_specs(config.batch_size * self.batches_per_message)
         slot_bytes = slot_bytes_for(self.specs, packed=self.codec is not None)
-        slot_count = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
-        self.slots = BatchSlots(self.specs, slot_count, packed=self.codec is not None)
-        # A stack: the most recently released slot is reused first, so idle slots stay untouched pages.
-        self.free_slots: List[int] = list(range(slot_count - 1, -1, -1))
+        working_slots = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb, self.batches_per_message)
+        self.slot_pool = SlotPool(self.specs, working_slots, config.max_inflight_mb, packed=self.codec is not None)
+        self.slots = self.slot_pool.slots
         self.resume = ResumeState.for_config(config, len(prepared.source))
         first_seq, first_position = self.resume.load() if self.resume else (0, 0)
         self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position,
@@ -172,9 +173,12 @@ class DataServer:
 
     # -- work in -----------------------------------------------------------------------------
 
-    def _start_batches(self) -> None:
-        while self.free_slots and self.assembly.can_start and len(self.queue) < len(self.pool.workers):
-            self.queue.extend(self.assembly.start(self.free_slots.pop(), self.pacing.next_count()))
+    def _start_batches(self, sender: BatchSender) -> None:
+        self.slot_pool.check_budget(sender.trainers)
+        spare = self.slot_pool.spare(sender.trainers)
+        while spare > 0 and self.assembly.can_start and len(self.queue) < len(self.pool.workers):
+            self.queue.extend(self.assembly.start(self.slot_pool.take(), self.pacing.next_count()))
+            spare -= 1
 
     def _assign(self) -> None:
         while self.queue:
@@ -283,7 +287,7 @@ class DataServer:
         self.metrics.workers_busy.set(self.pool.busy_count())
         self.metrics.skipped.inc(self.assembly.skipped - self._skipped_reported)
         self._skipped_reported = self.assembly.skipped
-        self.metrics.read_monitor()
+        self.metrics.trainers.set(sender.trainers)
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -297,7 +301,7 @@ class DataServer:
         if self.assembly.complete(self.next_send):
             poller.register(sender.socket, zmq.POLLOUT)
         # Slots come back only by polling ZeroMQ's trackers: poll fast only when short of slots.
-        timeout = POLL_RELEASE_MS if sender.in_flight and not self.free_slots else POLL_IDLE_MS
+        timeout = POLL_RELEASE_MS if sender.in_flight and self.slot_pool.spare(sender.trainers) <= 0 else POLL_IDLE_MS
         woken = {wake[fd] for fd, _event in poller.poll(timeout) if fd in wake}
         for handle in woken:
             self._collect(handle)
@@ -322,28 +326,30 @@ class DataServer:
         if self.config.curve_secret_key:
             self.curve = CurveServer(self.config.curve_secret_key, self.config.allow_client_keys)
             self.curve.start(context)
+        shard = self.config.shard
+        origin = wire.StreamOrigin(new_server_id(), shard.index, shard.count, self.config.seed,
+                                   len(self.prepared.source))
         sender = self.sender = BatchSender(context, self.config.stream_id, self.specs, curve=self.curve,
                                            extra=self.prepared.layout.wire_extra(),
-                                           codec_name=self.codec.name if self.codec else None)
+                                           codec_name=self.codec.name if self.codec else None, origin=origin)
         if self.config.metrics_port:
             try:
                 self.metrics = ServerMetrics(self.config.metrics_port, self.config.stream_id)
             except OSError as exc:
                 raise ServerError("cannot serve metrics on port %d: %s" % (self.config.metrics_port, exc))
-            self.metrics.watch(sender.socket)  # before any trainer can connect
         try:
             sender.open(self.config.bind, self.config.connect)
         except SenderError as exc:
             raise ServerError(str(exc)) from None
-        self._log_serving()
+        self._log_serving(origin.server)
         ready_file.announce(self.config.ready_file, self.config.bind, self.config.connect,
                             self.config.metrics_port, self.config.stream_id)
         return sender
 
-    def _log_serving(self) -> None:
+    def _log_serving(self, server_id: str) -> None:
         shard = self.config.shard
-        log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB"
-                 " (%d batches per message)",
+        log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %s"
+                 " (%d batches per message); server id %s",
                  self.plan.local_size,
                  " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
                  if shard.count > 1 else "", self.config.source,
@@ -353,19 +359,19 @@ class DataServer:
                  " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if self.curve else "",
                  ", compressing with %s" % self.codec.describe() if self.codec else "",
                  len(self.pool.workers),
-                 self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
+                 self.slot_pool.describe(), self.batches_per_message, server_id)
 
     def _serve(self, sender: BatchSender) -> None:
         """The loop: work out to the workers, batches out in order, until done or a signal came."""
         while self.stop_signal is None and not self._finished(sender):
             try:
-                self._start_batches()
+                self._start_batches(sender)
                 self._assign()
                 self._poll(sender)
             except TooFewGoodSamples as exc:
                 raise ServerError(str(exc)) from None
             self._send_ready(sender)
-            self.free_slots.extend(batch.slot for batch in sender.release_sent())
+            self.slot_pool.release(batch.slot for batch in sender.release_sent())
             self._save_resume_state(sender)
             self.throughput.maybe_log((len(self.assembly.pending) + sender.in_flight) * self.batches_per_message,
                                       self.pool.busy_count())
@@ -391,7 +397,7 @@ class DataServer:
         self.pool.stop()
         if self.metrics is not None:
             deadline.step("stopping the metrics server")
-            self.metrics.close(sender.socket if sender else None)
+            self.metrics.close()
         if sender is not None:
             deadline.step("closing the socket")
             sender.close()

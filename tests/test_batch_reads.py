@@ -71,6 +71,16 @@ def test_records_that_are_not_plain_raw_datums_are_left_to_the_per_sample_path()
     assert np.array_equal(found[7][0], datum_sample(records[7])["data"])
 
 
+def test_a_field_numbered_0_is_left_to_protobuf_which_refuses_it():
+    """Found by the property below: a record with a field 0 (not a protobuf field) was read as a
+    raw Datum without a label."""
+    good = raw_record(np.arange(60, dtype=np.uint8).reshape(3, 4, 5), 3)
+    odd = good[:-2] + b"\x00\x07" + good[-2:]
+    assert parsed([odd]) == ({}, [0])
+    with pytest.raises(Exception, match="Wire format was corrupt"):
+        datum_sample(odd)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_a_mutated_record_is_parsed_exactly_as_protobuf_would_or_left_alone(data):

@@ -1,7 +1,9 @@
 """The layer's param_str: every wrong value is refused at set-up, naming its key.
 
-LayerParams is run under the Caffe Python (it lives in the module that
-subclasses caffe.Layer); the port clash needs a real net's set-up.
+LayerParams is run under the Caffe Python, imported through the module that
+subclasses caffe.Layer, as Caffe loads it; the port clash needs a real net's
+set-up. tests/test_layer_params_property.py runs LayerParams in-process over
+random JSON.
 """
 
 import json
@@ -29,10 +31,10 @@ REFUSED = [
     ('{"bind": {"x": 1}}', '"bind" must be an endpoint string'),
     ('{"address": "x", "tops": "data"}', '"tops" must be a list of distinct array names'),
     ('{"address": "x", "tops": ["data", "data"]}', '"tops" must be a list of distinct array names'),
-    ('{"address": "x", "prefetch": 0}', '"prefetch" must be an integer of at least 1, got 0'),
-    ('{"address": "x", "prefetch": 2.5}', '"prefetch" must be an integer of at least 1, got 2.5'),
-    ('{"address": "x", "prefetch": true}', '"prefetch" must be an integer of at least 1, got true'),
-    ('{"address": "x", "max_batch_mb": NaN}', '"max_batch_mb" must be a positive, finite number, got NaN'),
+    ('{"address": "x", "prefetch": 0}', '"prefetch" must be an integer of at least 1 and at most 2147483647, got 0'),
+    ('{"address": "x", "prefetch": 2.5}', '"prefetch" must be an integer of at least 1 and at most 2147483647, got 2.5'),
+    ('{"address": "x", "prefetch": true}', '"prefetch" must be an integer of at least 1 and at most 2147483647, got true'),
+    ('{"address": "x", "max_batch_mb": NaN}', '"max_batch_mb" must be a positive, finite number of at most 1048576, got NaN'),
     ('{"address": "x", "curve_secret_key": 3}', '"curve_secret_key" must be a file path, got 3'),
     ('{"address": "x", "metrics_port": 99999}', '"metrics_port" must be a TCP port number from 1 to 65535, got 99999'),
     ('{"address": "x", "metrics_port": "9100"}', '"metrics_port" must be a TCP port number from 1 to 65535, got "9100"'),
@@ -48,7 +50,7 @@ def test_wrong_param_str_values_are_refused_naming_the_key(tmp_path):
     cases.write_text(json.dumps([text for text, _ in REFUSED] + accepted))
     outcomes = json.loads(run_caffe_script("check_param_strs", cases).stdout)
     for (text, message), outcome in zip(REFUSED, outcomes):
-        assert outcome.startswith("ValueError: ZmqDataLayer param_str") and message in outcome, (text, outcome)
+        assert outcome.startswith("LayerParamError: ZmqDataLayer param_str") and message in outcome, (text, outcome)
     assert outcomes[len(REFUSED):] == ["OK", "OK"]
 
 
@@ -63,5 +65,5 @@ def test_metrics_port_in_use_names_the_port_and_the_key(tmp_path):
             run_caffe_script("run_net", net, "test", 1, tmp_path / "out.npz", "data", timeout=20)
     text = str(failed.value)
     assert "exited with status 3" in text  # at set-up, not after the 30 s wait for a batch
-    assert ('ValueError: ZmqDataLayer param_str "metrics_port": cannot serve metrics on port %d (Address already in use)'
+    assert ('LayerParamError: ZmqDataLayer param_str "metrics_port": cannot serve metrics on port %d (Address already in use)'
             % port) in text

@@ -5,8 +5,6 @@ Real sockets over tcp on 127.0.0.1; the server is a real process.
 
 import logging
 import math
-import socket
-import struct
 import threading
 import time
 import urllib.request
@@ -21,6 +19,7 @@ from harness.children import ServerProcess, free_port
 from harness.datasets import random_images, write_npz
 from server.sender import QUEUED_PER_TRAINER, SEND_BUFFER_BYTES
 from server.tools.keygen import main as keygen
+from zmtp_peer import endless_message
 
 pytestmark = pytest.mark.integration
 
@@ -120,30 +119,6 @@ def test_a_stalled_trainer_holds_at_most_the_stated_bound_unread(tmp_path, batch
     message_bytes = batches[-1].wire_bytes * batches_per_message
     bound = batches_per_message * (prefetch + QUEUED_PER_TRAINER + 2 + math.ceil(kernel_buffers / message_bytes))
     assert 0 < sent - read <= bound, (sent, read, bound)
-
-
-# A raw ZMTP 3.0 peer (NULL mechanism) that declares itself a PUSH socket.
-ZMTP_GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL" + bytes(16) + b"\x00" + bytes(31)
-_READY_BODY = b"\x05READY" + bytes([11]) + b"Socket-Type" + struct.pack(">I", 4) + b"PUSH"
-ZMTP_READY = b"\x04" + bytes([len(_READY_BODY)]) + _READY_BODY
-
-
-def endless_message(port, budget, stop):
-    """Send 8 MiB frames flagged "more" and never a last frame, reconnecting when cut,
-    until ``budget`` bytes are sent or ``stop`` is set; returns how many connections were cut."""
-    frame = b"\x03" + struct.pack(">Q", 8 << 20) + bytes(8 << 20)
-    sent, cut = 0, 0
-    while sent < budget and not stop.is_set():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
-                connection.sendall(ZMTP_GREETING + ZMTP_READY)
-                while sent < budget and not stop.is_set():
-                    connection.sendall(frame)
-                    sent += len(frame)
-        except OSError:
-            cut += 1
-            time.sleep(0.05)
-    return cut
 
 
 def rss_bytes():

@@ -104,7 +104,7 @@ def with_header(frames, **changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"zfeed": 2}, "version 2, this side speaks version 3"),
+    ({"zfeed": 3}, "version 3, this side speaks version 4"),
     ({"batch_rows": 3}, "'batch_rows' 3 does not divide the message's 4 samples"),
     ({"batch_rows": 0}, "'batch_rows' 0 does not divide"),
     ({"batch_rows": True}, "'batch_rows' True does not divide"),
@@ -129,11 +129,29 @@ def with_header(frames, **changes):
     ({"epoch": b"\x00" * 12}, "4 indices but 3 epochs"),
     ({"extra": 3}, "'extra' is not a map"),
     ({"codec": 3}, "'codec' 3 is not one of"),
+    ({"origin": 3}, "'origin' is not {server"),
+    ({"origin": {"server": "a", "shard": [2, 2], "seed": 0, "samples": 9}}, "'origin' is not"),
+    ({"origin": {"server": "", "shard": [0, 2], "seed": 0, "samples": 9}}, "'origin' is not"),
+    ({"origin": {"server": "a", "shard": [0, True], "seed": 0, "samples": 9}}, "'origin' is not"),
+    ({"origin": {"server": "a", "shard": [0, 2], "seed": -1, "samples": 9}}, "'origin' is not"),
+    ({"origin": {"server": "a", "shard": [0, 2], "seed": 0}}, "'origin' is not"),
 ])
 def test_malformed_headers_are_refused_with_a_reason(changes, message):
     _, _, frames = make_batch()
     with pytest.raises(wire.WireError, match=message.replace("(", r"\(").replace("'", "'")):
         wire.decode_batch(with_header(frames, **changes), LIMIT)
+
+
+def test_the_origin_travels_to_every_batch_of_a_message():
+    origin = wire.StreamOrigin("5eb0f00d", 1, 3, 2**64 - 1, 1000)
+    rows = 4
+    arrays = {"data": np.zeros((rows, 2), np.float32), "label": np.zeros(rows, np.float32)}
+    specs = [wire.array_spec(name, a.dtype, a.shape) for name, a in arrays.items()]
+    header = wire.encode_header("host:1", 7, specs, np.arange(rows), np.zeros(rows), batch_rows=2, origin=origin)
+    frames = [header] + [bytes(f) for spec in specs for f in wire.array_frames(spec, arrays[spec.name])]
+    batches = wire.decode_batch(frames, LIMIT).split()
+    assert [b.origin for b in batches] == [origin, origin]
+    assert wire.decode_batch(as_bytes(make_batch()[2]), LIMIT).origin is None  # optional for other senders
 
 
 def test_missing_or_extra_frames_are_refused():

@@ -56,6 +56,8 @@ class RecordLayout:
             while position < len(record):
                 tag, value_start = _varint(record, position)
                 number, wire_type = tag >> 3, tag & 7
+                if not 1 <= number < 2**29:  # protobuf refuses field 0 (and numbers past its range)
+                    return None
                 if wire_type == _VARINT:
                     value, end = _varint(record, value_start)
                 elif wire_type == _BYTES:
