@@ -308,8 +308,8 @@ class DataServer:
             except SenderError as exc:
                 raise ServerError(str(exc)) from None
             shard = self.config.shard
-            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %d batch slots of %.1f MB"
-                     " (%d batches per message)",
+            log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; seed %d; %d workers, %d batch slots "
+                     "of %.1f MB (%d batches per message)",
                      self.plan.local_size,
                      " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
                      if shard.count > 1 else "", self.config.source,
@@ -317,7 +317,7 @@ class DataServer:
                                for s in self.specs),
                      ", ".join(self.config.bind + self.config.connect),
                      " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if curve else "",
-                     ", compressing with %s" % self.codec.describe() if self.codec else "",
+                     ", compressing with %s" % self.codec.describe() if self.codec else "", self.config.seed,
                      len(self.pool.workers),
                      self.slots.slot_count, self.slots.slot_bytes / 2**20, self.batches_per_message)
             while self.stop_signal is None and not self._finished(sender):
