@@ -241,9 +241,8 @@ def main(argv=None) -> int:
         solver = make_solver(param, os.path.dirname(os.path.abspath(args.solver)))
         return report(train_and_test(solver, param, args), args)
     except TrainingStopped:
-        print("train.py: stopped by SIGTERM %s; no summary"
-              % ("after %d of %d iterations" % (solver.iter, param.max_iter) if solver else "while setting up the nets"),
-              flush=True)
+        where = "after %d of %d iterations" % (solver.iter, param.max_iter) if solver else "while setting up the nets"
+        print("train.py: stopped by SIGTERM %s; no summary" % where, flush=True)
         return 0
 
 

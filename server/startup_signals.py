@@ -1,10 +1,13 @@
 """SIGTERM and SIGINT while the server starts: exit status 0 within ``STOP_GRACE_S``.
 
 NOTE [ Signals during start-up ]
-Start-up (reading the options, listing the source, reading its first
-sample) can take long, in Python code or inside one C call (listing a large
-LMDB) during which no Python signal handler runs. ``StartupSignals`` covers
-that phase twice over:
+Start-up (importing the server's modules, reading the options, listing the
+source, reading its first sample) can take long, in Python code or inside
+one C call (listing a large LMDB) during which no Python signal handler
+runs. ``python -m server`` makes a ``StartupSignals`` before it imports
+anything but the standard library: a process without a handler dies of
+SIGTERM (status 143), and a container's PID 1 never gets it at all.
+``StartupSignals`` covers that phase twice over:
 
 - its handler raises ``StartupInterrupted``, which unwinds the start-up as
   soon as the interpreter runs again. It is a BaseException, so that no

@@ -41,8 +41,8 @@ import time
 import pytest
 
 import container_engine
-from container_engine import (Network, command_pid, inspect, logs, podman, remove, run_container, server_metrics, state,
-                              timed_stop, wait_for_log)
+from container_engine import (Network, command_pid, inspect, logs, podman, remove, run_container, server_metrics,
+                              state, timed_stop, wait_for_log)
 from deploy_support import compose_config, metric
 from processes import has_loaded, wait_for_handler
 
@@ -52,7 +52,7 @@ built_images = container_engine.built_images
 DOCKER_DEFAULT_GRACE_S = 10
 ROUNDS = 3  # per service and state: 18 stops per server service, 12 of the trainer
 STATE_DEADLINE_S = 60
-LAST_SERVER_IMPORT = "cv2"  # OpenCV's extension module: the server's imports end with it
+LAST_SERVER_IMPORT = "cv2"  # OpenCV's extension module, loaded last of the large ones (about 0.5 s in)
 CAFFE_EXTENSION = "_caffe"
 TRAINER_ITERATIONS = "100000"  # training outlasts every stop
 

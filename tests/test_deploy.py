@@ -232,7 +232,8 @@ def test_server_statefulsets_shard_by_ordinal_behind_headless_services(monkeypat
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
-        (data,) = [mount for mount in container["volumeMounts"] if config.source.startswith("lmdb:" + mount["mountPath"])]
+        (data,) = [mount for mount in container["volumeMounts"]
+                   if config.source.startswith("lmdb:" + mount["mountPath"])]
         assert data["readOnly"] is True and data["name"] in volumes
 
 
