@@ -12,7 +12,10 @@ SIGTERM (status 143), and a container's PID 1 never gets it at all.
 - its handler raises ``StartupInterrupted``, which unwinds the start-up as
   soon as the interpreter runs again. It is a BaseException, so that no
   ``except Exception`` in a source swallows it; ``python -m server`` logs it
-  and exits 0.
+  and exits 0. A bare ``except:`` still can, and third-party code has them
+  (OpenCV's loader has two): so the handler also notes the signal, and
+  ``watching()`` raises ``StartupInterrupted`` when the start-up ends with
+  a signal noted, instead of letting the server go on to serve.
 - ``watching()`` also starts a thread that the signal wakes at once (through
   ``signal.set_wakeup_fd``, written from C). If the start-up has not unwound
   ``STOP_GRACE_S`` later, the thread logs the signal and ends the process
@@ -49,17 +52,18 @@ class StartupInterrupted(BaseException):
         self.signum = signum
 
 
-def _interrupt(signum, _frame) -> None:
-    raise StartupInterrupted(signum)
-
-
 def stopping_message(signum: int) -> str:
     return "%s received during start-up: stopping" % signal.Signals(signum).name
 
 
 class StartupSignals:
     def __init__(self):
-        self._previous = {sig: signal.signal(sig, _interrupt) for sig in SIGNALS}
+        self.received = 0  # the first stop signal, 0 until one arrives
+        self._previous = {sig: signal.signal(sig, self._interrupt) for sig in SIGNALS}
+
+    def _interrupt(self, signum, _frame) -> None:
+        self.received = self.received or signum
+        raise StartupInterrupted(signum)
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
@@ -80,6 +84,8 @@ class StartupSignals:
             watchdog.join()
             os.close(read_fd)
             os.close(write_fd)
+        if self.received:  # its StartupInterrupted was swallowed on the way
+            raise StartupInterrupted(self.received)
 
     @staticmethod
     def _watch(read_fd: int, over: threading.Event) -> None:
