@@ -42,6 +42,10 @@ from __future__ import annotations
 # the grace period (a large net on a CPU) outlasts it, and the container engine kills the trainer.
 # ``TrainingStopped`` is a SystemExit with status 0: raised where nothing catches it (during the
 # imports), it ends the process quietly with 0; ``main`` catches it to say how far training got.
+# Third-party code can swallow it (a bare ``except:``) or turn it into another exception (numpy's
+# C code reports an exception in an import it makes as ``ImportError``). So the handler also notes
+# the signal: an exception out of the imports or ``main`` after SIGTERM counts as the stop, and
+# ``stop_if_requested()`` stops after a swallowed one, after the imports and after each step.
 # A second SIGTERM is ignored, so that it cannot interrupt the stopping.
 
 import os
@@ -56,23 +60,39 @@ class TrainingStopped(SystemExit):
         super().__init__(0)
 
 
+_stop_requested = False
+
+
 def _stop_training(_signum, _frame) -> None:
+    global _stop_requested
+    _stop_requested = True
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.write(2, b"train.py: SIGTERM received: stopping\n")  # not print: the main thread may be inside one
     raise TrainingStopped()
 
 
+def stop_if_requested() -> None:
+    """Raise ``TrainingStopped`` if SIGTERM came and its exception was swallowed on the way."""
+    if _stop_requested:
+        raise TrainingStopped()
+
+
 # This file is a script, never imported: the handler goes in before anything slow.
 signal.signal(signal.SIGTERM, _stop_training)
 
-import argparse  # noqa: E402 (after the handler, on purpose)
-import tempfile  # noqa: E402
-import time  # noqa: E402
+try:
+    import argparse
+    import tempfile
+    import time
 
-import caffe  # noqa: E402
-import numpy as np  # noqa: E402
-from caffe.proto import caffe_pb2  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
+    import caffe
+    import numpy as np
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+except BaseException:
+    if _stop_requested:  # the handler's exception, as whatever the imports made of it
+        raise TrainingStopped() from None
+    raise
 
 SUMMARY_TITLE = "== zfeed demo summary =="
 DATA_LAYER = "data"
@@ -196,6 +216,7 @@ def train_and_test(solver, param, args) -> Run:
     display_losses = []
     while solver.iter < iterations:
         run.train.run(lambda: solver.step(1))
+        stop_if_requested()
         run.losses.append(float(solver.net.blobs["loss"].data))
         display_losses.append(run.losses[-1])
         if solver.iter % args.display == 0 or solver.iter == iterations:
@@ -237,10 +258,15 @@ def main(argv=None) -> int:
     caffe.set_mode_cpu()
     solver = None
     try:
+        stop_if_requested()
         # Making the solver sets up its nets: each data layer waits for its first batch.
         solver = make_solver(param, os.path.dirname(os.path.abspath(args.solver)))
+        stop_if_requested()
         return report(train_and_test(solver, param, args), args)
-    except TrainingStopped:
+    except BaseException:
+        if not _stop_requested:
+            raise
+        # TrainingStopped, or what Caffe or a library made of it.
         where = "after %d of %d iterations" % (solver.iter, param.max_iter) if solver else "while setting up the nets"
         print("train.py: stopped by SIGTERM %s; no summary" % where, flush=True)
         return 0

@@ -12,10 +12,12 @@ SIGTERM (status 143), and a container's PID 1 never gets it at all.
 - its handler raises ``StartupInterrupted``, which unwinds the start-up as
   soon as the interpreter runs again. It is a BaseException, so that no
   ``except Exception`` in a source swallows it; ``python -m server`` logs it
-  and exits 0. A bare ``except:`` still can, and third-party code has them
-  (OpenCV's loader has two): so the handler also notes the signal, and
-  ``watching()`` raises ``StartupInterrupted`` when the start-up ends with
-  a signal noted, instead of letting the server go on to serve.
+  and exits 0. Third-party code can still swallow it (OpenCV's loader has
+  two bare ``except:``) or turn it into another exception (numpy's C code
+  reports an exception in an import it makes as ``ImportError``). So the
+  handler also notes the signal, and ``watching()`` raises
+  ``StartupInterrupted`` when the start-up ends, in any way, with a signal
+  noted: the server neither goes on to serve nor reports a made-up error.
 - ``watching()`` also starts a thread that the signal wakes at once (through
   ``signal.set_wakeup_fd``, written from C). If the start-up has not unwound
   ``STOP_GRACE_S`` later, the thread logs the signal and ends the process
@@ -77,6 +79,10 @@ class StartupSignals:
         watchdog.start()
         try:
             yield
+        except BaseException:
+            if self.received:  # whatever the signal's exception became on its way
+                raise StartupInterrupted(self.received) from None
+            raise
         finally:
             over.set()
             signal.set_wakeup_fd(previous_fd)
@@ -84,7 +90,7 @@ class StartupSignals:
             watchdog.join()
             os.close(read_fd)
             os.close(write_fd)
-        if self.received:  # its StartupInterrupted was swallowed on the way
+        if self.received:  # its exception was swallowed on the way
             raise StartupInterrupted(self.received)
 
     @staticmethod
