@@ -19,20 +19,80 @@ Checks, and exits with status 1 when one fails (0 when all hold):
 Output ends with a ``== zfeed demo summary ==`` block of ``key: value``
 lines. Runs on the Caffe Python (3.8+) with numpy, pycaffe and
 ``client_layer`` only; set GLOG_minloglevel=2 to quiet Caffe.
+
+SIGTERM (``docker stop``, a deleted Kubernetes Job) stops the trainer in
+every state, starting up, waiting for data, training or testing, with exit
+status 0 and the line ``train.py: SIGTERM received: stopping`` at once, then
+how far training got: NOTE [ SIGTERM in the trainer ].
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-import tempfile
-import time
+# NOTE [ SIGTERM in the trainer ]
+# The handler is installed first, before the imports below (Caffe, numpy: seconds on a cold
+# start): a container's PID 1 without a handler for SIGTERM never gets it (the kernel drops it),
+# and any other process dies with status 143. It raises ``TrainingStopped`` where Python runs
+# next in the main thread:
+# - between solver steps, or in this script's own code;
+# - inside a step, in its Python layers, whose forward (the data layer's wait for a batch
+#   included: it polls every 0.1 s) runs before the step updates any weight. The exception leaves
+#   Caffe's C++ through boost.python and surfaces from ``solver.step``, so the step is abandoned
+#   before it changes the net: training stops as it was after the last whole step.
+# Python runs signal handlers between bytecodes only: a step that runs no Python for longer than
+# the grace period (a large net on a CPU) outlasts it, and the container engine kills the trainer.
+# ``TrainingStopped`` is a SystemExit with status 0: raised where nothing catches it (during the
+# imports), it ends the process quietly with 0; ``main`` catches it to say how far training got.
+# Third-party code can swallow it (a bare ``except:``) or turn it into another exception (numpy's
+# C code reports an exception in an import it makes as ``ImportError``). So the handler also notes
+# the signal: an exception out of the imports or ``main`` after SIGTERM counts as the stop, and
+# ``stop_if_requested()`` stops after a swallowed one, after the imports and after each step.
+# A second SIGTERM is ignored, so that it cannot interrupt the stopping.
 
-import caffe
-import numpy as np
-from caffe.proto import caffe_pb2
-from google.protobuf import text_format
+import os
+import signal
+import sys
+
+
+class TrainingStopped(SystemExit):
+    """SIGTERM arrived; see NOTE [ SIGTERM in the trainer ]."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+
+_stop_requested = False
+
+
+def _stop_training(_signum, _frame) -> None:
+    global _stop_requested
+    _stop_requested = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.write(2, b"train.py: SIGTERM received: stopping\n")  # not print: the main thread may be inside one
+    raise TrainingStopped()
+
+
+def stop_if_requested() -> None:
+    """Raise ``TrainingStopped`` if SIGTERM came and its exception was swallowed on the way."""
+    if _stop_requested:
+        raise TrainingStopped()
+
+
+# This file is a script, never imported: the handler goes in before anything slow.
+signal.signal(signal.SIGTERM, _stop_training)
+
+try:
+    import argparse
+    import tempfile
+    import time
+
+    import caffe
+    import numpy as np
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+except BaseException:
+    if _stop_requested:  # the handler's exception, as whatever the imports made of it
+        raise TrainingStopped() from None
+    raise
 
 SUMMARY_TITLE = "== zfeed demo summary =="
 DATA_LAYER = "data"
@@ -156,6 +216,7 @@ def train_and_test(solver, param, args) -> Run:
     display_losses = []
     while solver.iter < iterations:
         run.train.run(lambda: solver.step(1))
+        stop_if_requested()
         run.losses.append(float(solver.net.blobs["loss"].data))
         display_losses.append(run.losses[-1])
         if solver.iter % args.display == 0 or solver.iter == iterations:
@@ -195,8 +256,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     param = load_solver_param(args.solver)
     caffe.set_mode_cpu()
-    solver = make_solver(param, os.path.dirname(os.path.abspath(args.solver)))
-    return report(train_and_test(solver, param, args), args)
+    solver = None
+    try:
+        stop_if_requested()
+        # Making the solver sets up its nets: each data layer waits for its first batch.
+        solver = make_solver(param, os.path.dirname(os.path.abspath(args.solver)))
+        stop_if_requested()
+        return report(train_and_test(solver, param, args), args)
+    except BaseException:
+        if not _stop_requested:
+            raise
+        # TrainingStopped, or what Caffe or a library made of it.
+        where = "after %d of %d iterations" % (solver.iter, param.max_iter) if solver else "while setting up the nets"
+        print("train.py: stopped by SIGTERM %s; no summary" % where, flush=True)
+        return 0
 
 
 if __name__ == "__main__":

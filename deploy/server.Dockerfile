@@ -2,8 +2,9 @@
 # Build from the repository root:
 #   docker build -f deploy/server.Dockerfile -t zfeed-server .
 #   docker build -f deploy/server.Dockerfile --target demo-dataset -t zfeed-demo-dataset .
-# Configure the server with ZFEED_* variables (listed in deploy/server-entrypoint.sh) or with
-# server flags after the image name (flags win). Mount the data read-only:
+# Configure the server with ZFEED_* variables, which the server reads itself (`python -m server
+# --help` and docs/operations.md list them), or with server flags after the image name (flags
+# win). Mount the data read-only:
 #   docker run -v /data:/data:ro -p 5555:5555 -e ZFEED_SOURCE=lmdb:/data/train_lmdb \
 #       -e ZFEED_CROP_SIZE=227 -e ZFEED_MIRROR=1 -e ZFEED_MEAN_VALUE=104,117,123 zfeed-server
 # Debian's own image and Python (3.11 in bookworm), so that any machine that reaches Debian's
@@ -37,15 +38,15 @@ ENTRYPOINT ["python", "/opt/zfeed/deploy/demo_setup.py"]
 
 # The data server: the default target (the last stage).
 FROM base AS server
-COPY deploy/server-entrypoint.sh deploy/healthcheck.py /opt/zfeed/deploy/
+COPY deploy/healthcheck.py /opt/zfeed/deploy/healthcheck.py
 # The health check reads this port; set it (not --metrics-port) to move it. 0 turns metrics off.
 ENV ZFEED_METRICS_PORT=9100
 USER zfeed
 EXPOSE 5555 9100
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/opt/zfeed/deploy/healthcheck.py"]
-# The server stops cleanly on SIGTERM (NOTE [ Shutdown protocol ] in server/supervisor.py). The
-# entry point execs it, so it is PID 1 and gets the signal itself, not a shell.
+# The server stops cleanly on SIGTERM (NOTE [ Shutdown protocol ] in server/supervisor.py). It is
+# PID 1 itself, no shell in between, and handles SIGTERM from its first statements on (server/__main__.py).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/opt/zfeed/deploy/server-entrypoint.sh"]
+ENTRYPOINT ["python", "-m", "server"]
 CMD []

@@ -139,6 +139,28 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in status
 
 
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (its SigCgt mask in /proc)."""
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    raise AssertionError("no SigCgt in /proc/%d/status" % pid)
+
+
+def has_loaded(pid: int, library: str) -> bool:
+    """Whether a file whose path holds ``library`` is mapped into process ``pid`` (an extension module)."""
+    return library in Path("/proc/%d/maps" % pid).read_text()
+
+
+def wait_for_handler(pid: int, signum: int, deadline_s: float = DEADLINE_S) -> None:
+    """Wait until process ``pid`` has a handler for ``signum``."""
+    deadline = time.monotonic() + deadline_s
+    while not catches(pid, signum):
+        assert time.monotonic() < deadline, "pid %d has no handler for signal %d after %.0f s" % (
+            pid, signum, deadline_s)
+        time.sleep(0.001)
+
+
 class ChildProcess:
     """A child in its own session that dies with us; every wait has a deadline.
 

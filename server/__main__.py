@@ -3,6 +3,13 @@
 Exit status: 0 when done (``--epochs``) or stopped by SIGTERM/SIGINT, start-up
 included (server/startup_signals.py); 2 for a configuration it refuses
 (server/config.py); 1 when it cannot go on while serving.
+
+This module imports the standard library and ``server.startup_signals``
+only: the stop signals' handlers are in place before the server's own
+modules are imported (numpy, OpenCV, LMDB, ZeroMQ: a second or more on a
+cold start). A container's PID 1 without a handler for SIGTERM never gets
+it (the kernel drops it), so a container stopped during those imports sat
+out its grace period and was killed (NOTE [ Signals during start-up ]).
 """
 
 from __future__ import annotations
@@ -12,10 +19,7 @@ import signal
 import sys
 from typing import List, Optional
 
-from server import ready_file
-from server.config import ConfigError, parse_config, prepare
 from server.startup_signals import StartupInterrupted, StartupSignals, stopping_message
-from server.supervisor import DataServer, ServerError
 
 log = logging.getLogger("zfeed.server")
 
@@ -30,19 +34,28 @@ def main(argv: Optional[List[str]] = None, ending_process: bool = True) -> int:
     signals = StartupSignals()
     try:
         with signals.watching():
-            config = parse_config(argv)
-            ready_file.withdraw(config.ready_file)  # NOTE [ Ready file ]: before the source opens
-            server = DataServer(config, prepare(config))
-        return server.run()
+            # Imported here, under the handlers: see the module docstring.
+            from server import ready_file
+            from server.config import ConfigError, parse_config, prepare
+            from server.supervisor import DataServer, ServerError
+            try:
+                config = parse_config(argv)
+                ready_file.withdraw(config.ready_file)  # NOTE [ Ready file ]: before the source opens
+                server = DataServer(config, prepare(config))
+            except ConfigError as exc:
+                log.error("%s", exc)
+                return 2
+            except ready_file.ReadyFileError as exc:
+                log.error("%s", exc)
+                return 1
+        try:
+            return server.run()
+        except (ServerError, ready_file.ReadyFileError) as exc:
+            log.error("%s", exc)
+            return 1
     except StartupInterrupted as stop:
         log.info("%s", stopping_message(stop.signum))
         return 0
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    except (ServerError, ready_file.ReadyFileError) as exc:
-        log.error("%s", exc)
-        return 1
     finally:
         signals.restore(signal.SIG_IGN if ending_process else None)
 

@@ -1,15 +1,23 @@
 """SIGTERM and SIGINT while the server starts: exit status 0 within ``STOP_GRACE_S``.
 
 NOTE [ Signals during start-up ]
-Start-up (reading the options, listing the source, reading its first
-sample) can take long, in Python code or inside one C call (listing a large
-LMDB) during which no Python signal handler runs. ``StartupSignals`` covers
-that phase twice over:
+Start-up (importing the server's modules, reading the options, listing the
+source, reading its first sample) can take long, in Python code or inside
+one C call (listing a large LMDB) during which no Python signal handler
+runs. ``python -m server`` makes a ``StartupSignals`` before it imports
+anything but the standard library: a process without a handler dies of
+SIGTERM (status 143), and a container's PID 1 never gets it at all.
+``StartupSignals`` covers that phase twice over:
 
 - its handler raises ``StartupInterrupted``, which unwinds the start-up as
   soon as the interpreter runs again. It is a BaseException, so that no
   ``except Exception`` in a source swallows it; ``python -m server`` logs it
-  and exits 0.
+  and exits 0. Third-party code can still swallow it (OpenCV's loader has
+  two bare ``except:``) or turn it into another exception (numpy's C code
+  reports an exception in an import it makes as ``ImportError``). So the
+  handler also notes the signal, and ``watching()`` raises
+  ``StartupInterrupted`` when the start-up ends, in any way, with a signal
+  noted: the server neither goes on to serve nor reports a made-up error.
 - ``watching()`` also starts a thread that the signal wakes at once (through
   ``signal.set_wakeup_fd``, written from C). If the start-up has not unwound
   ``STOP_GRACE_S`` later, the thread logs the signal and ends the process
@@ -46,17 +54,18 @@ class StartupInterrupted(BaseException):
         self.signum = signum
 
 
-def _interrupt(signum, _frame) -> None:
-    raise StartupInterrupted(signum)
-
-
 def stopping_message(signum: int) -> str:
     return "%s received during start-up: stopping" % signal.Signals(signum).name
 
 
 class StartupSignals:
     def __init__(self):
-        self._previous = {sig: signal.signal(sig, _interrupt) for sig in SIGNALS}
+        self.received = 0  # the first stop signal, 0 until one arrives
+        self._previous = {sig: signal.signal(sig, self._interrupt) for sig in SIGNALS}
+
+    def _interrupt(self, signum, _frame) -> None:
+        self.received = self.received or signum
+        raise StartupInterrupted(signum)
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
@@ -70,6 +79,10 @@ class StartupSignals:
         watchdog.start()
         try:
             yield
+        except BaseException:
+            if self.received:  # whatever the signal's exception became on its way
+                raise StartupInterrupted(self.received) from None
+            raise
         finally:
             over.set()
             signal.set_wakeup_fd(previous_fd)
@@ -77,6 +90,8 @@ class StartupSignals:
             watchdog.join()
             os.close(read_fd)
             os.close(write_fd)
+        if self.received:  # its exception was swallowed on the way
+            raise StartupInterrupted(self.received)
 
     @staticmethod
     def _watch(read_fd: int, over: threading.Event) -> None:

@@ -348,7 +348,7 @@ class DataServer:
 
     def _log_serving(self, server_id: str) -> None:
         shard = self.config.shard
-        log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; %d workers, %s"
+        log.info("serving %d samples%s (%s) as batches of %s on %s%s%s; seed %d; %d workers, %s"
                  " (%d batches per message); server id %s",
                  self.plan.local_size,
                  " of %d (shard %d/%d)" % (len(self.prepared.source), shard.index, shard.count)
@@ -357,7 +357,7 @@ class DataServer:
                            for s in self.specs),
                  ", ".join(self.config.bind + self.config.connect),
                  " (CURVE, %d trainer keys)" % len(self.config.allow_client_keys) if self.curve else "",
-                 ", compressing with %s" % self.codec.describe() if self.codec else "",
+                 ", compressing with %s" % self.codec.describe() if self.codec else "", self.config.seed,
                  len(self.pool.workers),
                  self.slot_pool.describe(), self.batches_per_message, server_id)
 

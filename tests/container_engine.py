@@ -146,6 +146,22 @@ def state(name: str) -> dict:
     return inspect(name)["State"]
 
 
+def command_pid(name: str) -> int:
+    """The host pid of the image's command: the container's PID 1, or its one child when an init
+    (``--init``, compose's ``init: true``) is PID 1."""
+    pid = state(name)["Pid"]
+    if "init" not in Path("/proc/%d/comm" % pid).read_text():  # podman-init, catatonit
+        return pid
+    deadline = time.monotonic() + 10
+    while True:  # the init forks the command as it starts
+        children = Path("/proc/%d/task/%d/children" % (pid, pid)).read_text().split()
+        if children:
+            assert len(children) == 1, "init of %s has children %s" % (name, children)
+            return int(children[0])
+        assert time.monotonic() < deadline, "the init of %s started no command in 10 s" % name
+        time.sleep(0.001)
+
+
 def wait_for_log(name: str, text: str, deadline_s: float = 60.0) -> str:
     deadline = time.monotonic() + deadline_s
     while True:

@@ -40,7 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGE_ROOT = "/opt/zfeed"  # the images' WORKDIR, where the repository's files are copied
 SERVER_DOCKERFILE = REPO / "deploy" / "server.Dockerfile"
 TRAINER_DOCKERFILE = REPO / "deploy" / "trainer.Dockerfile"
-ENTRYPOINT = REPO / "deploy" / "server-entrypoint.sh"
 DEADLINE_S = 30.0
 
 
@@ -227,27 +226,3 @@ def run_command(command: Sequence[str], env: Dict[str, str], timeout: float = 60
     """Run an image's one-shot command (a health check, a set-up step) to completion."""
     return subprocess.run([in_repo(part) for part in command], cwd=str(REPO), env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-_ARGV_PRINTER = '#!/bin/sh\nprintf "%s\\0" "$@"\n'  # a stand-in `python` that prints its argv
-
-
-def run_entrypoint(env: Dict[str, str], args: Sequence[str], scratch: Path,
-                   hostname: Optional[str] = None) -> subprocess.CompletedProcess:
-    """The entry point run with a stand-in ``python`` that prints the argv it gets (NUL-separated)."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    printer = scratch / "python"
-    printer.write_text(_ARGV_PRINTER)
-    printer.chmod(0o755)
-    return subprocess.run(isolated([str(ENTRYPOINT), *args], hostname, ()), env=container_env({}, env, str(printer)),
-                          capture_output=True, timeout=10)
-
-
-def entrypoint_argv(env: Dict[str, str], args: Sequence[str], scratch: Path,
-                    hostname: Optional[str] = None) -> List[str]:
-    """The server options that the entry point execs ``python -m server`` with, for ``env`` and ``args``."""
-    result = run_entrypoint(env, args, scratch, hostname)
-    assert result.returncode == 0, result.stderr.decode()
-    argv = result.stdout.decode().split("\0")[:-1]
-    assert argv[:2] == ["-m", "server"], argv
-    return argv[2:]

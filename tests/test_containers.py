@@ -8,6 +8,7 @@ bridges. Stops under every state where a server could hang are in
 test_container_stops.py.
 """
 
+import re
 import time
 
 import lmdb
@@ -62,6 +63,13 @@ def test_images_are_lean_non_root_and_on_their_pythons(built_images):
     assert caffe.startswith("/opt/venv/") and layer == "/opt/zfeed/client_layer/__init__.py"
 
 
+def test_server_container_refuses_a_bad_variable_with_status_2_naming_it(built_images):
+    result = podman("run", "--rm", "--network", "none", "-e", "ZFEED_SOURCE=npz:/data/a.npz", "-e",
+                    "ZFEED_SHUFFLE=maybe", "zfeed-server", check=False)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "ZFEED_SHUFFLE=maybe: expected 1/true/yes or 0/false/no" in result.stderr, result.stderr
+
+
 def test_compose_demo_trains_to_pass_with_three_train_servers_then_stops_them(built_images, podman_service,
                                                                                 tmp_path):
     services = compose_config()["services"]
@@ -91,11 +99,9 @@ def test_compose_demo_trains_to_pass_with_three_train_servers_then_stops_them(bu
         for server in servers:
             assert_runs_as_declared(server)
             assert health_status(server) == "healthy", logs(server)
-        # docker-compose.yml's promise: each replica serves its own order (ZFEED_SEED=hostname).
-        seeds = {}
-        for server in trainservers:
-            argv = exec_in(server, "cat", "/proc/1/cmdline").stdout.split("\0")
-            seeds[server] = argv[argv.index("--seed") + 1]
+        # docker-compose.yml's promise: each replica serves its own order (ZFEED_SEED=hostname, which the
+        # server reads itself: the image's command has no arguments).
+        seeds = {server: re.search(r"; seed (\d+);", logs(server)).group(1) for server in trainservers}
         assert len(set(seeds.values())) == 3, seeds
 
         podman("wait", trainer, timeout=TRAINER_DEADLINE_S)

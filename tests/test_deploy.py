@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from deploy_support import (ENTRYPOINT, IMAGE_ROOT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERFILE, compose_config,
-                            dockerfile_stages, entrypoint_argv, env_list, image_env, image_user, in_repo,
-                            k8s_by_kind as by_kind, k8s_documents, option, options, pod_spec)
+from deploy_support import (IMAGE_ROOT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERFILE, compose_config,
+                            dockerfile_stages, env_list, image_env, image_user, k8s_by_kind as by_kind,
+                            k8s_documents, option, options, pod_spec)
 from demo.__main__ import trainer_command
 from demo.dataset import CLASS_COUNT, TEST_PER_CLASS
 from demo.nets import DEFAULT_ITERATIONS, SCALE, SEED, TEST_BATCH, TRAIN_BATCH
-from server.config import build_parser
+from server.config import parse_config
 
 pytestmark = pytest.mark.deploy
 
@@ -55,18 +55,18 @@ def test_compose_file_is_valid_for_docker_compose_and_the_compose_spec():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_compose_servers_run_the_demo_servers_options(tmp_path):
+def test_compose_servers_run_the_demo_servers_options():
     services = compose_config()["services"]
     for name, phase, batch, lmdb in (("trainserver", "train", TRAIN_BATCH, "train_lmdb"),
                                      ("testserver", "test", TEST_BATCH, "test_lmdb")):
         service = services[name]
         assert service["build"]["dockerfile"] == "deploy/server.Dockerfile" and "target" not in service["build"]
-        argv = entrypoint_argv(service["environment"], service.get("command", []), tmp_path / name)
-        args = build_parser().parse_args(argv)
+        # What the server in the image makes of the service's environment and command.
+        config = parse_config(service.get("command", []), service["environment"])
         # What demo/__main__.py's server_args() gives its servers.
-        assert (args.source, args.phase, args.batch_size, args.mean_file, args.scale, args.workers) == \
+        assert (config.source, config.phase, config.batch_size, config.mean_file, config.scale, config.workers) == \
             ("lmdb:/demo/%s" % lmdb, phase, batch, "/demo/mean.binaryproto", SCALE, 1)
-        assert args.bind == [] and args.connect == ["tcp://trainer:%d" % (5555 if phase == "train" else 5556)]
+        assert config.bind == [] and config.connect == ["tcp://trainer:%d" % (5555 if phase == "train" else 5556)]
         assert service["volumes"] == ["demo:/demo:ro"] and service["read_only"] is True
         assert service["depends_on"]["dataset"] == {"condition": "service_completed_successfully"}
     # Replicas of the train service differ by host name only: each must draw its own order.
@@ -107,15 +107,13 @@ def test_dockerfiles_copy_what_exists_and_the_build_context_holds_it():
                 assert "!" + source.split("/")[0] in patterns, ".dockerignore leaves out %s" % source
 
 
-def test_server_image_runs_the_entry_point_as_pid_1_non_root_with_a_health_check():
+def test_server_image_runs_the_server_as_pid_1_non_root_with_a_health_check():
     stages = dockerfile_stages(SERVER_DOCKERFILE)
     server = list(stages.values())[-1]  # the default target
     assert server.name == "server" and stages["base"].base == "debian:bookworm-slim"  # Debian's Python 3.11
     assert image_user(server) == "zfeed" and "--uid %s" % IMAGE_UID in " ".join(stages["base"].all("RUN"))
-    entrypoint = server.exec_form("ENTRYPOINT")  # exec form: no shell in between, the script execs the server
-    assert entrypoint == [IMAGE_ROOT + "/deploy/server-entrypoint.sh"] and server.exec_form("CMD") == []
-    assert os.access(in_repo(entrypoint[0]), os.X_OK)
-    assert ENTRYPOINT.read_text().rstrip().endswith('exec python -m server "$@"')
+    # Exec form: no shell in between. The base image's CMD (bash) must not become an argument.
+    assert server.exec_form("ENTRYPOINT") == ["python", "-m", "server"] and server.exec_form("CMD") == []
     assert server.exec_form("HEALTHCHECK") == ["python", IMAGE_ROOT + "/deploy/healthcheck.py"]
     assert server.all("STOPSIGNAL") == ["SIGTERM"]
     env = image_env(stages, "server")
@@ -194,7 +192,7 @@ def cpus(quantity):
     return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
-def test_server_statefulsets_shard_by_ordinal_behind_headless_services(tmp_path, monkeypatch):
+def test_server_statefulsets_shard_by_ordinal_behind_headless_services(monkeypatch):
     services = by_kind("Service")
     for name, statefulset in by_kind("StatefulSet").items():
         service = services[statefulset["spec"]["serviceName"]]
@@ -208,19 +206,20 @@ def test_server_statefulsets_shard_by_ordinal_behind_headless_services(tmp_path,
         replicas = statefulset["spec"]["replicas"]
         for ordinal in range(replicas):
             monkeypatch.setattr(socket, "gethostname", lambda: "%s-%d" % (name, ordinal))
-            args = build_parser().parse_args(entrypoint_argv(env_list(container), container.get("args", []),
-                                                             tmp_path / name))
-            assert (args.shard.index, args.shard.count) == ((ordinal, replicas) if replicas > 1 else (0, 1))
-        assert args.seed == SEED  # the same in every shard, so that they split one order
-        assert args.workers <= cpus(container["resources"]["limits"]["cpu"])
+            config = parse_config(container.get("args", []), env_list(container))
+            assert (config.shard.index, config.shard.count) == ((ordinal, replicas) if replicas > 1 else (0, 1))
+        assert "command" not in container  # the image's: python -m server
+        assert config.seed == SEED  # the same in every shard, so that they split one order
+        assert config.workers <= cpus(container["resources"]["limits"]["cpu"])
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-        assert args.bind == ["tcp://*:%d" % ports["data"]] and args.metrics_port == ports["metrics"]
+        assert config.bind == ["tcp://*:%d" % ports["data"]] and config.metrics_port == ports["metrics"]
         # A headless Service maps no ports: a pod's DNS name is dialled at the container's port.
         assert {port["name"]: port["port"] for port in service["spec"]["ports"]} == ports
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
         volumes = {volume["name"]: volume for volume in spec["volumes"]}
-        (data,) = [mount for mount in container["volumeMounts"] if args.source.startswith("lmdb:" + mount["mountPath"])]
+        (data,) = [mount for mount in container["volumeMounts"]
+                   if config.source.startswith("lmdb:" + mount["mountPath"])]
         assert data["readOnly"] is True and data["name"] in volumes
 
 

@@ -3,11 +3,12 @@
 Without a container engine (see deploy_support; the images run in test_containers.py): each container is a
 process with the image's command, ENV and working directory, the service's
 environment, paths and ports mapped to this machine, its own host name and
-its data mounted read-only. Checked: the entry point's environment
-mapping; that the process started is the server itself (the image's PID 1)
-and exits 0 on SIGTERM; the image's health check; that the StatefulSet's
-pods together deliver each sample once per epoch; and that `docker compose
-up --scale trainserver=2` trains the demo in real Caffe.
+its data mounted read-only. Checked: that the server image's command takes
+its settings from ``ZFEED_*`` variables and its arguments; that the process
+started is the server itself (the image's PID 1) and exits 0 on SIGTERM;
+the image's health check; that the StatefulSet's pods together deliver each
+sample once per epoch; and that `docker compose up --scale trainserver=2`
+trains the demo in real Caffe.
 """
 
 import contextlib
@@ -22,12 +23,11 @@ import pytest
 
 from caffe_runner import caffe_python
 from client_layer import BatchClient
-from deploy_support import (ENTRYPOINT, REPO, SERVER_DOCKERFILE, TRAINER_DOCKERFILE, Container, compose_config,
-                            container_env, dockerfile_stages, entrypoint_argv, env_list, image_env,
-                            isolation_missing, k8s_by_kind, localize, metric, option, pod_spec, run_command,
-                            run_entrypoint)
+from deploy_support import (SERVER_DOCKERFILE, TRAINER_DOCKERFILE, Container, compose_config, container_env,
+                            dockerfile_stages, env_list, image_env, isolation_missing, k8s_by_kind, localize,
+                            metric, option, pod_spec, run_command)
 from harness.children import free_port
-from server.config import build_parser
+from harness.datasets import random_images, write_npz
 
 pytestmark = pytest.mark.deploy
 
@@ -67,63 +67,52 @@ def health(stages, server_env):
     return run_command(stages["server"].exec_form("HEALTHCHECK"), server_env, timeout=30).returncode
 
 
-# -- the entry point ------------------------------------------------------------------------------
+# -- the server image's command: settings from ZFEED_* variables and arguments ------------------------
 
-def documented_variables():
-    """(variable, option) pairs of the table at the top of the entry point."""
-    header = [line[1:] for line in ENTRYPOINT.read_text().splitlines()[1:] if line.startswith("#")]
-    words = " ".join(header).split()
-    return [(word, words[i + 1].rstrip(",;")) for i, word in enumerate(words[:-1])
-            if re.fullmatch(r"ZFEED_[A-Z_]+", word)]
+SAMPLES = 20
 
 
-def test_entry_point_documents_every_variable_it_reads_and_each_names_a_server_option():
-    server_help = build_parser().format_help()
-    operations = (REPO / "docs" / "operations.md").read_text()
-    documented = dict(documented_variables())
-    assert len(documented) >= 20
-    for variable, flag in documented.items():
-        assert re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(flag), server_help), \
-            "%s is documented as %s, which the server does not have" % (variable, flag)
-        assert "`%s`" % variable in operations, "docs/operations.md does not list %s" % variable
-    script = ENTRYPOINT.read_text().split("set -eu", 1)[1]
-    read = {"ZFEED_" + name for name in re.findall(r"\b([A-Z_]+):--", script)}
-    read |= set(re.findall(r"\$\{?(ZFEED_[A-Z_]+)", script))
-    assert read == set(documented)
+def start_server_image(tmp_path, env, args=(), hostname=None, name="server"):
+    """The server image's ENTRYPOINT with the image's ENV, ``env`` and ``args``."""
+    stages, server = server_stage()
+    return Container(server.exec_form("ENTRYPOINT") + list(args),
+                     container_env(image_env(stages, "server"), env, sys.executable),
+                     tmp_path / ("%s.log" % name), hostname=hostname)
 
 
-def test_entry_point_turns_the_environment_into_options_before_the_arguments(tmp_path):
-    env = {"ZFEED_SOURCE": "lmdb:/data/my train_lmdb", "ZFEED_PHASE": "train", "ZFEED_BATCH_SIZE": "32",
-           "ZFEED_MIRROR": "yes", "ZFEED_SHUFFLE": "false", "ZFEED_MEAN_VALUE": "104,117,123",
-           "ZFEED_BIND": "tcp://*:5555", "ZFEED_CONNECT": "tcp://trainer-a:5555, tcp://trainer-b:5555",
-           "ZFEED_SHARD": "1/3", "ZFEED_METRICS_PORT": "9100", "ZFEED_EPOCHS": "", "ZFEED_COMPRESS": "zstd:1"}
-    argv = entrypoint_argv(env, ["--batch-size", "16", "--crop-size", "8"], tmp_path)
-    args = build_parser().parse_args(argv)
-    assert args.source == "lmdb:/data/my train_lmdb" and args.phase == "train"  # a space stays in its value
-    assert args.mirror is True and args.shuffle is False and args.mean_value == (104.0, 117.0, 123.0)
-    assert args.bind == ["tcp://*:5555"]  # not expanded as a glob
-    assert args.connect == ["tcp://trainer-a:5555", "tcp://trainer-b:5555"]
-    assert (args.shard.index, args.shard.count, args.metrics_port, args.epochs) == (1, 3, 9100, None)
-    assert args.compress == ("zstd", 1)
-    assert args.batch_size == 16 and args.crop_size == 8  # the container's arguments come last: they win
-    assert entrypoint_argv({}, [], tmp_path) == []
-    assert "--mirror" not in entrypoint_argv({"ZFEED_MIRROR": "0"}, [], tmp_path)
+def test_server_image_takes_its_settings_from_zfeed_variables_and_its_arguments_win(tmp_path):
+    data = write_npz(tmp_path / "data.npz", random_images(SAMPLES), list(range(SAMPLES)))
+    port, metrics_port = free_port(), free_port()
+    env = {"ZFEED_SOURCE": "npz:%s" % data, "ZFEED_BIND": LOCALHOST % port, "ZFEED_BATCH_SIZE": "7",
+           "ZFEED_SHUFFLE": "no", "ZFEED_WORKERS": "1", "ZFEED_METRICS_PORT": str(metrics_port)}
+    with start_server_image(tmp_path, env, ["--batch-size", "4"]) as server:
+        wait_until_metrics_answer(metrics_port, server)
+        assert server.cmdline()[1:] == ["-m", "server", "--batch-size", "4"]  # no script: the server is PID 1
+        with BatchClient(LOCALHOST % port, timeout_s=20) as client:
+            batch = client.receive()
+        assert batch.indices.tolist() == [0, 1, 2, 3]  # ZFEED_SHUFFLE=no; the argument's batch size wins
+        assert server.stop(timeout=10) == 0, server.log
 
 
-def test_entry_point_refuses_a_boolean_that_is_not_one(tmp_path):
-    for name in ("ZFEED_MIRROR", "ZFEED_SHUFFLE"):
-        result = run_entrypoint({name: "maybe"}, [], tmp_path)
-        assert result.returncode == 2 and result.stdout == b""  # the server did not start
-        assert ("%s=maybe: expected 1/true/yes or 0/false/no" % name).encode() in result.stderr
+def test_server_image_refuses_a_bad_variable_with_status_2_naming_it(tmp_path):
+    with start_server_image(tmp_path, {"ZFEED_SOURCE": "npz:/data/a.npz", "ZFEED_MIRROR": "maybe"}) as server:
+        assert server.wait(READY_DEADLINE_S) == 2, server.log
+    assert "ZFEED_MIRROR=maybe: expected 1/true/yes or 0/false/no" in server.log, server.log
 
 
 @needs_isolation
 def test_seed_hostname_gives_each_replica_its_own_seed(tmp_path):
-    def seed(hostname):
-        argv = entrypoint_argv({"ZFEED_SEED": "hostname", "ZFEED_SOURCE": "npz:/data/a.npz"}, [], tmp_path, hostname)
-        return build_parser().parse_args(argv).seed
-
-    assert seed("zfeed-trainserver-1") == seed("zfeed-trainserver-1") != seed("zfeed-trainserver-2")
+    data = write_npz(tmp_path / "data.npz", random_images(SAMPLES), list(range(SAMPLES)))
+    seeds = []
+    for replica in (1, 1, 2):
+        env = {"ZFEED_SOURCE": "npz:%s" % data, "ZFEED_BIND": LOCALHOST % free_port(), "ZFEED_SEED": "hostname",
+               "ZFEED_WORKERS": "1", "ZFEED_METRICS_PORT": "0"}
+        with start_server_image(tmp_path, env, hostname="zfeed-trainserver-%d" % replica,
+                                name="replica-%d-%d" % (replica, len(seeds))) as server:
+            server.wait_for_log(" serving ")
+            seeds.append(re.search(r"; seed (\d+);", server.log).group(1))
+            assert server.stop(timeout=10) == 0, server.log
+    assert seeds[0] == seeds[1] != seeds[2], seeds
 
 
 # -- Kubernetes: the StatefulSet's pods ------------------------------------------------------------

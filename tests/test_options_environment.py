@@ -47,7 +47,7 @@ def test_a_bad_value_names_its_variable():
 
 
 def test_an_endpoint_given_twice_is_one_endpoint():
-    """The entry point of older images passes ZFEED_BIND as --bind too: still one bind."""
+    """ZFEED_BIND and --bind naming the same endpoint: one bind."""
     config = parse_config(["--source", "npz:x", "--bind", "tcp://*:5555"], {"ZFEED_BIND": "tcp://*:5555"})
     assert config.bind == ["tcp://*:5555"]
 
