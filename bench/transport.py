@@ -62,8 +62,8 @@ def batch_specs(shape: MessageShape) -> List[wire.ArraySpec]:
 
 
 def slot_count(shape: MessageShape) -> int:
-    """The slots the server would use for this batch (``supervisor.slot_count_for``)."""
-    from server.supervisor import slot_count_for
+    """The slots the server would use for this batch (``sizing.slot_count_for``)."""
+    from server.sizing import slot_count_for
 
     return slot_count_for(sum(spec.nbytes for spec in batch_specs(shape)), SERVER_WORKERS, DEFAULT_MAX_INFLIGHT_MB)
 

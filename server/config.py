@@ -289,7 +289,7 @@ def _check_header(config: ServerConfig, layout: BatchLayout) -> None:
 def _check_memory(config: ServerConfig, specs: List[wire.ArraySpec]) -> None:
     """``--max-inflight-mb`` must hold the slots the supervisor allocates (server/supervisor.py)."""
     # Imported here: server.supervisor imports this module.
-    from server.supervisor import slot_count_for
+    from server.sizing import slot_count_for
     slot_bytes = slot_bytes_for(specs, packed=config.compress is not None)
     slots = slot_count_for(slot_bytes, config.workers, config.max_inflight_mb)
     if slots * slot_bytes > config.max_inflight_mb * 2**20:

@@ -5,7 +5,7 @@ ZeroMQ keeps up to ``PINNED_PER_TRAINER`` messages for each trainer (its
 high-water mark, ``sender.QUEUED_PER_TRAINER``, and one being written to the
 kernel), and their slots stay taken until they have left: a trainer that
 stops reading pins its share for as long as it stays connected. So the slots
-in use may be the loader workers' working set (``supervisor.slot_count_for``)
+in use may be the loader workers' working set (``sizing.slot_count_for``)
 plus that share for each connected trainer (``BatchSender.trainers``), out of
 a pool mapped once for the whole budget (``slot_capacity_for``). The free
 slots are a stack, so slots beyond what is in use stay untouched pages. A
