@@ -91,7 +91,7 @@ def test_server_image_takes_its_settings_from_zfeed_variables_and_its_arguments_
         with BatchClient(LOCALHOST % port, timeout_s=20) as client:
             batch = client.receive()
         assert batch.indices.tolist() == [0, 1, 2, 3]  # ZFEED_SHUFFLE=no; the argument's batch size wins
-        assert server.stop(timeout=10) == 0, server.log
+        assert server.stop(timeout_s=10) == 0, server.log
 
 
 def test_server_image_refuses_a_bad_variable_with_status_2_naming_it(tmp_path):
@@ -111,7 +111,7 @@ def test_seed_hostname_gives_each_replica_its_own_seed(tmp_path):
                                 name="replica-%d-%d" % (replica, len(seeds))) as server:
             server.wait_for_log(" serving ")
             seeds.append(re.search(r"; seed (\d+);", server.log).group(1))
-            assert server.stop(timeout=10) == 0, server.log
+            assert server.stop(timeout_s=10) == 0, server.log
     assert seeds[0] == seeds[1] != seeds[2], seeds
 
 

@@ -79,11 +79,13 @@ def server_id(server):
 @pytest.mark.integration
 @pytest.mark.parametrize("shards, reported", [(("0/2", "0/2"), True), (("0/2", "1/2"), False)])
 def test_two_servers_given_one_shard_are_reported_by_the_trainer(tmp_path, npz_source, caplog, shards, reported):
-    """Messages of about 2 MB: the report comes after a few tens of batches from each."""
+    """Messages of about 1.5 MB (4 batches): the report comes after a few tens of batches from each
+    (the larger the messages, the more an old server may still have queued, and the later)."""
     source = npz_source(random_images(512, (3, 64, 64), seed=4))
     ports = [free_port(), free_port()]
     servers = [ServerProcess(["--source", source, "--bind", "tcp://127.0.0.1:%d" % port, "--shard", shard,
-                              "--seed", "7", "--batch-size", "32", "--workers", "1"], tmp_path / ("s%d.log" % i))
+                              "--seed", "7", "--batch-size", "32", "--workers", "1", "--max-batches-per-message", "4"],
+                             tmp_path / ("s%d.log" % i))
                for i, (port, shard) in enumerate(zip(ports, shards))]
     try:
         ids = [server_id(server) for server in servers]
