@@ -252,6 +252,21 @@ def exec_in(name: str, *command: str, check: bool = True) -> subprocess.Complete
     return podman("exec", name, *command, check=check)
 
 
+def serving(name: str, ready_file: str = "/tmp/zfeed-ready") -> bool:
+    """Whether the server in container ``name`` serves: its ready file (ZFEED_READY_FILE, as the
+    compose file sets it; NOTE [ Ready file ]) exists."""
+    return exec_in(name, "test", "-f", ready_file, check=False).returncode == 0
+
+
+def wait_serving(name: str, deadline_s: float = 60.0) -> None:
+    """Wait until ``serving(name)``; AssertionError with its log if it stops or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while not serving(name):
+        if not state(name)["Running"] or time.monotonic() > deadline:
+            raise AssertionError("%s never served; its log:\n%s" % (name, logs(name)[-4000:]))
+        time.sleep(0.3)
+
+
 def server_metrics(name: str) -> str:
     """A server's /metrics, read inside its container (where its health check reads them)."""
     return exec_in(name, "python", "-c", "import urllib.request; print(urllib.request.urlopen("

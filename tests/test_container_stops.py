@@ -42,7 +42,7 @@ import pytest
 
 import container_engine
 from container_engine import (Network, command_pid, inspect, logs, podman, remove, run_container, server_metrics,
-                              state, timed_stop, wait_for_log)
+                              state, timed_stop, wait_for_log, wait_serving)
 from deploy_support import compose_config, metric
 from harness.children import has_loaded, wait_for_handler
 
@@ -149,7 +149,7 @@ def start_server(service: dict, network: Network, volume: str, env: dict, mounts
         options += ["-v", mount]
     name = run_container("zfeed-server", name="zfeed-server-%d" % next(_names), network=network, options=options)
     if serving:
-        wait_for_log(name, " serving ")
+        wait_serving(name)
     return name
 
 

@@ -17,7 +17,7 @@ import pytest
 import container_engine
 from client_layer import BatchClient
 from container_engine import (Compose, Network, PodmanService, exec_in, finished_at, health_status, inspect, logs,
-                              podman, server_metrics, state, timed_stop, wait_for_log)
+                              podman, server_metrics, serving, state, timed_stop, wait_for_log)
 from deploy_support import REPO, compose_config, k8s_by_kind, metric, pod_spec
 from k8s_pods import Pod
 
@@ -90,7 +90,7 @@ def test_compose_demo_trains_to_pass_with_three_train_servers_then_stops_them(bu
         deadline = time.monotonic() + 120
         while connected != set(servers) and state(trainer)["Running"] and time.monotonic() < deadline:
             for server in set(servers) - connected:
-                if " serving " in logs(server):
+                if serving(server):
                     text = server_metrics(server)
                     if metric(text, "zfeed_trainers_connected") == 1 and metric(text, "zfeed_batches_sent_total") > 0:
                         connected.add(server)
