@@ -120,7 +120,7 @@ class ZmqDataLayer(caffe.Layer):
         except OSError as exc:
             self.client.close()
             raise LayerParamError('ZmqDataLayer param_str "metrics_port": cannot serve metrics on port %d (%s): '
-                             'choose a free port, or leave "metrics_port" out' % (port, exc.strerror or exc)) from None
+                                  'choose a free port, or leave "metrics_port" out' % (port, exc.strerror or exc)) from None
         log.info("layer metrics on http://0.0.0.0:%d/metrics", metrics.port)
         return metrics
 

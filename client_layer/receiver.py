@@ -35,8 +35,8 @@ from client_layer import wire
 from client_layer.batch import Batch
 from client_layer.connection_guard import ConnectionGuard
 from client_layer.curve_keys import CurveKeyError, load_key_pair, load_public_key
-from client_layer.wire_errors import CodecMissingError
 from client_layer.shard_overlap import ShardOverlap, leftover_bytes
+from client_layer.wire_errors import CodecMissingError
 
 log = logging.getLogger("zfeed.client")
 

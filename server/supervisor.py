@@ -56,7 +56,7 @@ import zmq
 
 from client_layer import wire
 from server import ready_file
-from server.assembly import BatchAssembly, PackTask, PendingBatch, Task, TooFewGoodSamples
+from server.assembly import BatchAssembly, PackTask, PendingBatch, RowTask, Task, TooFewGoodSamples
 from server.batch_buffer import slot_bytes_for
 from server.config import PreparedData, ServerConfig
 from server.curve import CurveServer
@@ -143,7 +143,8 @@ class DataServer:
             if len(handle.outstanding) >= TASKS_PER_WORKER:
                 return
             task = self.queue.popleft()
-            self.pacing.assigned(task.task_id)
+            if isinstance(task, RowTask):  # pack tasks say nothing of what a row costs to fill
+                self.pacing.assigned(task.task_id)
             self.pool.assign(handle, task)
 
     def _collect(self, handle: WorkerHandle) -> None:

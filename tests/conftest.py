@@ -6,13 +6,17 @@ module-level ``pytestmark`` (a file with tests of several kinds marks each test 
     unit          in-process only: no child process, no Caffe, no network namespace
     integration   real server processes over tcp on 127.0.0.1, network namespaces, fresh venvs
     caffe         real Caffe, run in .venv-caffe as subprocesses (fails, never skips, without it)
-    deploy        deploy/ and docker-compose.yml, checked with the tools that read them
-    containers    what the images run, run as plain processes
+    deploy        deploy/ and docker-compose.yml, checked with the tools that read them, and what
+                  the images run, run as plain processes
+    containers    the images built with Podman and run
 
 ``pytest -m unit`` runs the unit tests in seconds; docs/development.md says the rest.
 A test with no category, or with two, stops the collection, naming the test.
+Under CI (``CI`` set, as ``.ci/run`` runs), a test that skips itself (no root for network
+namespaces or tmpfs mounts) fails instead: there every test must run.
 """
 
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -34,6 +38,15 @@ def pytest_collection_modifyitems(config, items):
     if wrong:
         raise pytest.UsageError("every test needs exactly one of the markers %s (tests/conftest.py); "
                                 "these do not:\n  %s" % (", ".join(CATEGORIES), "\n  ".join(wrong)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("CI"):
+        report.outcome = "failed"
+        report.longrepr = "skipped under CI, where every test must run: %s" % (report.longrepr,)
 
 
 @pytest.fixture
