@@ -236,6 +236,34 @@ def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
     source.close()
 
 
+def test_a_long_lmdb_listing_reads_the_file_ahead_once_where_it_reads_most_of_it(tmp_path, monkeypatch):
+    """A shuffled pass lists every key: for values in the leaf pages the file is read ahead
+    (once per process); a key-order read lists a few keys and reads nothing ahead; encoded
+    images in overflow pages, or a file over half the free memory, are not read ahead."""
+    from harness.datasets import random_images, write_lmdb
+
+    from server.sources import LmdbSource, datum_db
+
+    read_ahead = []
+    monkeypatch.setattr(datum_db, "read_ahead", read_ahead.append)
+    monkeypatch.setattr(LmdbSource, "KEYS_LISTED_AT_ONCE", 4)
+    path = write_lmdb(tmp_path / "raw", random_images(40, (1, 4, 4)), range(40))
+    source = LmdbSource(str(path))
+    source.open()
+    source.read(1)
+    assert read_ahead == [] and len(source._keys) == 4  # key order: a short listing
+    source.read_many(np.array([39, 2]))
+    source.read_many(np.array([0]))
+    assert read_ahead == [str(path / "data.mdb")]
+    source.close()
+
+    page = {"psize": 4096, "branch_pages": 1, "entries": 512}
+    assert datum_db.listing_reads_most_of(dict(page, leaf_pages=320, overflow_pages=0), 1 << 20)
+    assert not datum_db.listing_reads_most_of(dict(page, leaf_pages=5, overflow_pages=2540), 1 << 20)
+    too_large = datum_db.available_memory_bytes() // 2 + 1
+    assert not datum_db.listing_reads_most_of(dict(page, leaf_pages=320, overflow_pages=0), too_large)
+
+
 def test_raw_datums_are_served_from_the_workers_memory_once_read(tmp_path):
     """NOTE [ Raw Datums in memory ]: a second read of a record is a gather from the rows the
     process holds, the same bits as the database; records of another shape are not held."""

@@ -113,6 +113,39 @@ class DatumDbSource(Source):
 
 
 
+def listing_reads_most_of(stat: dict, file_bytes: int) -> bool:
+    """Whether listing every key of an LMDB with ``stat`` (``Environment.stat()``) reads most
+    of its data file, and reading all of it ahead is affordable: its leaf pages outnumber
+    its values' overflow pages, and the file takes at most half the available memory."""
+    return stat["leaf_pages"] >= stat["overflow_pages"] and file_bytes <= available_memory_bytes() // 2
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo; 0 where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def read_ahead(path: str) -> None:
+    """Ask the kernel to read ``path`` into the page cache in the background; a hint only."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class LmdbSource(DatumDbSource):
     """Caffe ``Datum`` records in an LMDB, raw (``data``/``float_data``) or encoded.
 
@@ -121,6 +154,13 @@ class LmdbSource(DatumDbSource):
     enough that a cold disk serves them in a moment),
     so serving in key order (Caffe's Data layer, TEST) starts at once
     whatever the size; a shuffled pass lists every key on its first batch.
+    Where the values sit in the leaf pages (small raw Datums), listing every
+    key reads nearly the whole file: the process then asks the kernel to read
+    the file ahead in the background (``POSIX_FADV_WILLNEED``), which lists a
+    cold 1.3 GB database of 1,280,000 records in under a second rather than
+    three (``python -m bench.small_samples``). Where most pages are values'
+    overflow pages (encoded images), or the file would take over half the
+    available memory, the listing reads only what it needs.
     """
 
     kind = "LMDB"
@@ -136,12 +176,14 @@ class LmdbSource(DatumDbSource):
         except lmdb.Error as exc:
             raise SourceError("cannot open LMDB %s: %s" % (path, exc)) from None
         try:
-            count = env.stat()["entries"]
+            stat = env.stat()
         finally:
             env.close()
-        super().__init__(path, color, count)
+        super().__init__(path, color, stat["entries"])
         self._env = None
         self._txn = None
+        data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+        self._file_read_ahead = data_file if listing_reads_most_of(stat, os.path.getsize(data_file)) else None
 
     @staticmethod
     def _open_env(path: str, readahead: bool = False):
@@ -187,6 +229,9 @@ class LmdbSource(DatumDbSource):
                 else:
                     cursor.first()
                 wanted = max(index + 1, len(self._keys) + self.KEYS_LISTED_AT_ONCE)
+                if wanted - len(self._keys) > self.KEYS_LISTED_AT_ONCE and self._file_read_ahead:
+                    read_ahead(self._file_read_ahead)
+                    self._file_read_ahead = None  # once per process
                 keys = cursor.iternext(keys=True, values=False)
                 self._keys.extend(itertools.islice(keys, wanted - len(self._keys)))
         finally:
