@@ -29,23 +29,41 @@ def run_task(pacing, clock, task_id, rows, seconds):
     pacing.answered(task_id, rows)
 
 
+def started_counts(pacing, messages):
+    """The batch counts of the next ``messages`` messages started."""
+    return [pacing.next_count() for _ in range(messages)]
+
+
 def test_the_first_message_carries_one_batch():
     assert MessagePacing(most=64, batch_size=64, workers=2).next_count() == 1
 
 
-def test_cheap_rows_fill_whole_messages_and_costly_ones_travel_alone(clock):
+def test_cheap_rows_grow_to_whole_messages_by_doubling_and_costly_ones_travel_alone(clock):
     cheap = MessagePacing(most=64, batch_size=64, workers=2)
+    assert cheap.next_count() == 1
     run_task(cheap, clock, 0, rows=64, seconds=64 * 2e-6)  # 2 us a row: MNIST from memory
-    assert cheap.next_count() == 64
+    assert started_counts(cheap, 8) == [2, 4, 8, 16, 32, 64, 64, 64]
     costly = MessagePacing(most=64, batch_size=16, workers=1)
+    costly.next_count()
     run_task(costly, clock, 0, rows=16, seconds=16 * 0.01)  # 10 ms a sample: a slow Python dataset
-    assert costly.next_count() == 1
+    assert started_counts(costly, 3) == [1, 1, 1]
 
 
 def test_the_count_fills_the_target_time_with_every_worker(clock):
     pacing = MessagePacing(most=1000, batch_size=10, workers=2)
     run_task(pacing, clock, 0, rows=10, seconds=10 * 1e-4)  # a batch: 1 ms of one worker, 0.5 ms of two
-    assert abs(pacing.next_count() - FILL_TARGET_S / 0.5e-3) <= 1  # floor of a float quotient
+    counts = started_counts(pacing, 12)
+    assert counts[:7] == [1, 2, 4, 8, 16, 32, 64]  # doubling up to the target...
+    assert abs(counts[-1] - FILL_TARGET_S / 0.5e-3) <= 1  # ...which stays (floor of a float quotient)
+
+
+def test_a_warm_up_task_is_forgotten_at_once_and_a_costlier_phase_followed_smoothly(clock):
+    pacing = MessagePacing(most=64, batch_size=64, workers=2)
+    run_task(pacing, clock, 0, rows=64, seconds=64 * 0.01)  # the first task opened the data
+    run_task(pacing, clock, 1, rows=64, seconds=64 * 2e-6)
+    assert pacing.row_seconds == pytest.approx(2e-6)
+    run_task(pacing, clock, 2, rows=64, seconds=64 * 1e-3)
+    assert 2e-6 < pacing.row_seconds < 1e-3
 
 
 def test_the_estimate_follows_the_cost_and_forgets_dead_workers_tasks(clock):
