@@ -25,6 +25,16 @@ holds: batch k still takes positions kB.. and the draws of (seed, k).
 A message's rows are filled by tasks of at most ``rows_per_task`` rows, so
 that a large message of costly samples (decoded images) is still filled by
 every worker at once, and a worker's death costs one task's work.
+
+NOTE [ Rows sent in place ]
+A source may hold every sample's arrays in memory, already as they go on
+the wire (HDF5 rows: float32, untransformed; ``Source.held_rows``). A
+message whose samples are then consecutive rows (Caffe's HDF5Data order
+without shuffling, but for the message that wraps around an epoch's end)
+needs no filling: its arrays are views of the held rows, the sender sends
+them without a copy, and no worker touches it. It still takes a slot, which
+stays untouched, so the slots bound the messages in flight as for any other.
+Such a message holds the very rows a worker would have copied.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple, Union
 import numpy as np
 
 from server.plan import EpochPlan
+from server.sources.base import consecutive_slice
 
 log = logging.getLogger("zfeed.server")
 
@@ -88,6 +99,7 @@ class PendingBatch:
     missing: Set[int]
     first_position: int
     packed_lengths: Optional[PackedLengths] = None
+    in_place: Optional[Dict[str, np.ndarray]] = None  # views of held rows (NOTE [ Rows sent in place ])
 
 
 class BatchAssembly:
@@ -96,16 +108,19 @@ class BatchAssembly:
     def __init__(self, plan: EpochPlan, describe: Callable[[int], str], first_seq: int = 0,
                  first_position: int = 0, packing: bool = False, batches_per_message: int = 1,
                  prove_bad: Callable[[int], Optional[str]] = lambda index: "it crashed a loader worker",
-                 rows_per_task: Optional[int] = None):
+                 rows_per_task: Optional[int] = None, held_rows: Optional[Dict[str, np.ndarray]] = None):
         """``prove_bad(index)``: read sample ``index`` alone where a crash costs nothing; the
         reason it is bad, or None. A sample in flight at ``MAX_CRASHES`` deaths is skipped only
-        if this proves it bad, so deaths from outside (SIGKILL, the OOM killer) cost no sample."""
+        if this proves it bad, so deaths from outside (SIGKILL, the OOM killer) cost no sample.
+        ``held_rows``: every sample's arrays exactly as a message carries them, by name, to send
+        in place (NOTE [ Rows sent in place ]); not with packing."""
         self.plan = plan
         self.describe = describe
         self.prove_bad = prove_bad
         self.packing = packing
         self.batches_per_message = batches_per_message
         self.rows_per_task = rows_per_task  # None: one task fills a whole message
+        self.held_rows = held_rows
         self.next_seq = first_seq
         self.next_position = first_position
         self.pending: Dict[int, PendingBatch] = {}
@@ -155,7 +170,8 @@ class BatchAssembly:
     def start(self, slot: int, count: Optional[int] = None) -> List[RowTask]:
         """Begin the next message, of ``count`` batches (default and at most ``batches_per_message``,
         see NOTE [ Message pacing ]), in ``slot``; returns the tasks filling their rows,
-        ``rows_per_task`` rows each (the last one the rest)."""
+        ``rows_per_task`` rows each (the last one the rest); none for a message of held rows
+        sent in place, which is complete at once."""
         count = min(count or self.batches_per_message, self.batches_per_message)
         if self.plan.batch_count is not None:
             count = min(count, self.plan.batch_count - self.next_seq)
@@ -164,6 +180,11 @@ class BatchAssembly:
         batch = PendingBatch(self.next_seq, count, slot, indices, epochs, set(range(size)), floor)
         self.pending[batch.seq] = batch
         self.next_seq += count
+        rows = consecutive_slice(indices) if self.held_rows is not None else None
+        if isinstance(rows, slice):
+            batch.in_place = {name: held[rows] for name, held in self.held_rows.items()}
+            batch.missing.clear()
+            return []
         step = self.rows_per_task or size
         return [self._task(batch, np.arange(start, min(start + step, size))) for start in range(0, size, step)]
 

@@ -50,8 +50,9 @@ import os
 import signal
 import sys
 from collections import deque
-from typing import Deque, Optional
+from typing import Deque, Dict, Optional
 
+import numpy as np
 import zmq
 
 from client_layer import wire
@@ -110,7 +111,8 @@ class DataServer:
                                       packing=self.codec is not None,
                                       batches_per_message=self.batches_per_message,
                                       prove_bad=lambda index: probe_sample(self._worker_setup(-1), index),
-                                      rows_per_task=rows_per_task_for(self.batch_bytes, config.batch_size))
+                                      rows_per_task=rows_per_task_for(self.batch_bytes, config.batch_size),
+                                      held_rows=self._rows_to_send_in_place())
         self.pacing = MessagePacing(self.batches_per_message, config.batch_size, config.workers)
         self.next_send = first_seq
         self.queue: Deque[Task] = deque()
@@ -123,6 +125,19 @@ class DataServer:
         self.curve: Optional[CurveServer] = None  # these three exist while run() runs
         self.sender: Optional[BatchSender] = None
         self._skipped_reported = 0
+
+    def _rows_to_send_in_place(self) -> Optional[Dict[str, np.ndarray]]:
+        """The source's held rows when a message can be sent from them as they are (NOTE [ Rows
+        sent in place ], assembly.py): no transform, no compression, the same arrays as the specs."""
+        if self.codec is not None or self.prepared.layout.transform is not None:
+            return None
+        held = self.prepared.source.held_rows()
+        if held is None or sorted(held) != sorted(spec.name for spec in self.specs) or not all(
+                held[s.name].dtype == s.dtype and held[s.name].shape[1:] == s.shape[1:] for s in self.specs):
+            return None
+        log.info("holding the rows of all %d samples in memory (%.0f MB): batches of consecutive rows are sent "
+                 "from there", len(self.prepared.source), sum(a.nbytes for a in held.values()) / 2**20)
+        return held
 
     def _worker_setup(self, worker_id: int) -> WorkerSetup:
         return WorkerSetup(worker_id, self.prepared.source, self.prepared.layout, self.plan, self.slots,
@@ -203,7 +218,7 @@ class DataServer:
         while self.assembly.complete(self.next_send) and sender.can_send:
             batch = self.assembly.pending[self.next_send]
             rows = len(batch.indices)
-            arrays = {name: array[:rows] for name, array in self.slots.arrays(batch.slot).items()}
+            arrays = batch.in_place or {name: array[:rows] for name, array in self.slots.arrays(batch.slot).items()}
             packed = (self.slots.packed(batch.slot), batch.packed_lengths) if self.codec else None
             if not sender.send(batch.seq, arrays, batch.indices, batch.epochs, token=batch, packed=packed,
                                batch_rows=self.config.batch_size):

@@ -103,3 +103,22 @@ def test_a_message_is_filled_by_tasks_of_at_most_rows_per_task_rows():
     for task in tasks[:-1]:
         assert batches.filled(task, {}) is None and not batches.complete(0)
     assert batches.filled(tasks[-1], {}) is None and batches.complete(0)
+
+
+def test_a_message_of_consecutive_held_rows_is_sent_in_place_and_one_that_wraps_is_filled():
+    """NOTE [ Rows sent in place ]: views of the held rows, no task; the message that wraps
+    around the epoch's end is filled by workers as any other."""
+    held = {"data": np.arange(10 * 3, dtype=np.float32).reshape(10, 3), "label": np.arange(10, dtype=np.float32)}
+    plan = EpochPlan(10, 4, seed=1, shuffle=False, epochs=None)
+    batches = BatchAssembly(plan, describe=lambda index: "sample %d" % index, held_rows=held)
+    assert batches.start(slot=0, count=1) == []
+    first = batches.pending[0]
+    assert batches.complete(0) and first.indices.tolist() == [0, 1, 2, 3]
+    assert np.shares_memory(first.in_place["data"], held["data"])
+    assert first.in_place["data"].tolist() == held["data"][:4].tolist() and first.in_place["label"].tolist() == [0, 1, 2, 3]
+    assert batches.start(slot=1, count=1) == []  # rows 4-7
+    wrapping = batches.start(slot=2, count=1)  # rows 8, 9, 0, 1
+    assert len(wrapping) == 1 and wrapping[0].indices.tolist() == [8, 9, 0, 1]
+    assert batches.pending[2].in_place is None and not batches.complete(2)
+    shuffled = BatchAssembly(EpochPlan(10, 4, seed=1, shuffle=True, epochs=None), describe=str, held_rows=held)
+    assert len(shuffled.start(slot=0, count=1)) == 1  # rows in no order: gathered by a worker

@@ -194,7 +194,7 @@ def test_hdf5_rows_are_read_in_blocks_as_they_are_read_one_by_one(tmp_path):
 @pytest.mark.parametrize("held_in_memory", [True, False])
 def test_an_hdf5_file_truncated_while_served_is_reported_not_served_as_zeros(tmp_path, monkeypatch, held_in_memory):
     if not held_in_memory:
-        monkeypatch.setattr(hdf5, "FILE_IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(hdf5, "HELD_BYTES", 0)
     write_h5(tmp_path / "a.h5", 2000)
     write_h5(tmp_path / "b.h5", 2000)
     (tmp_path / "list.txt").write_text("a.h5\nb.h5\n")
@@ -348,3 +348,28 @@ def test_an_lmdb_overwritten_while_served_is_read_as_the_snapshot_the_reader_beg
     source.open()  # a new transaction sees the writer's commits: five times the label's last byte + 1
     assert source.read(0)["label"] == 5
     source.close()
+
+
+def test_hdf5_files_held_in_memory_are_every_row_as_float32_and_serve_reads(tmp_path, monkeypatch):
+    """held_rows: all files in list order, converted as Caffe converts them; reads and batch
+    reads come from memory then; over the bound nothing is held."""
+    rng = np.random.default_rng(5)
+    parts = [(rng.normal(0, 1, (rows, 2, 3)), np.arange(start, start + rows, dtype=np.int32))
+             for start, rows in ((0, 3), (3, 5))]
+    for name, (data, label) in zip("ab", parts):
+        with h5py.File(tmp_path / ("%s.h5" % name), "w") as f:
+            f["data"], f["label"] = data, label
+    (tmp_path / "list.txt").write_text("a.h5 b.h5\n")
+    source = Hdf5Source(str(tmp_path / "list.txt"), ("data", "label"), str(tmp_path))
+    held = source.held_rows()
+    assert held["data"].dtype == held["label"].dtype == np.float32 and held["data"].shape == (8, 2, 3)
+    assert np.array_equal(held["data"], np.concatenate([p[0] for p in parts]).astype(np.float32))
+    assert held["label"].tolist() == list(range(8))
+    assert source.held_rows() is held  # read once
+    source.open()
+    assert np.array_equal(source.read(4)["data"], held["data"][4])
+    blocks, rest = source.read_many(np.array([7, 0, 3]))
+    assert rest.tolist() == [] and blocks[0].rows.tolist() == [7, 0, 3] and blocks[0].arrays["label"] is held["label"]
+    source.close()
+    monkeypatch.setattr(hdf5, "HELD_BYTES", 8 * (6 + 1) * 4 - 1)
+    assert Hdf5Source(str(tmp_path / "list.txt"), ("data", "label"), str(tmp_path)).held_rows() is None

@@ -99,7 +99,11 @@ LOSSLESS = {
     "imagedata-png-resize": (image_data_layer("sized/list.txt", 'root_folder: "sized/" new_height: 12 '
                                                                 "new_width: 14", "crop_size: 11"), ("data", "label")),
     "hdf5-four-tops": (hdf5_layer("h5/list.txt", HDF5_TOPS), HDF5_TOPS),
+    "hdf5-four-tops-sent-in-place": (hdf5_layer("h5/list.txt", HDF5_TOPS), HDF5_TOPS),
 }
+# One batch a message: every batch of consecutive rows is sent from the server's held rows
+# (NOTE [ Rows sent in place ]), the one that wraps around the 16 rows is filled by a worker.
+SERVER_ARGUMENTS = {"hdf5-four-tops-sent-in-place": ("--max-batches-per-message", "1")}
 JPEG = {
     "data-jpeg": (data_layer("jpeg_lmdb", "crop_size: 28 mean_value: 104 mean_value: 117 mean_value: 123"),
                   ("data", "label")),
@@ -162,13 +166,13 @@ def parity_runs(tmp_path_factory):
     cases["train-crops"], phases["train-crops"] = (TRAIN_CROPS, ("data", "label")), "train"
     nets = {}
     for name, (layer, _) in cases.items():
-        nets[name] = (root / ("%s.prototxt" % name), phases[name])
+        nets[name] = (root / ("%s.prototxt" % name), phases[name], SERVER_ARGUMENTS.get(name, ()))
         nets[name][0].write_text('name: "%s"\n%s' % (name, layer))
     (root / "uncropped.prototxt").write_text(UNCROPPED)
     jobs = [dict(net=str(root / "uncropped.prototxt"), phase="test", iterations=1,
                  out=str(root / "uncropped-caffe.npz"), blobs=["data"])]
     with servers_for(nets, root) as endpoints:
-        for name, (net, phase) in nets.items():
+        for name, (net, phase, _) in nets.items():
             rewritten = rewrite(net, root / ("%s-zfeed.prototxt" % name), **{phase: endpoints[name]})
             iterations = (TRAIN_ITERATIONS if phase == "train" else SHUFFLE_ITERATIONS.get(name, ITERATIONS))
             for side, path in (("caffe", net), ("zfeed", rewritten)):
@@ -178,6 +182,7 @@ def parity_runs(tmp_path_factory):
     runs = {name: (np.load(root / ("%s-caffe.npz" % name)), np.load(root / ("%s-zfeed.npz" % name)))
             for name in cases}
     runs["uncropped"] = (np.load(root / "uncropped-caffe.npz"), None)
+    runs["in-place-server-log"] = (root / "hdf5-four-tops-sent-in-place-test.log").read_text()
     return runs
 
 
@@ -188,6 +193,10 @@ def test_lossless_blobs_are_bit_identical(parity_runs, case):
         assert zfeed[top].shape == caffe[top].shape, top
         assert zfeed[top].dtype == caffe[top].dtype == np.float32
         assert np.array_equal(zfeed[top], caffe[top]), top
+
+
+def test_hdf5_rows_were_sent_in_place(parity_runs):
+    assert "holding the rows of all 16 samples in memory" in parity_runs["in-place-server-log"]
 
 
 def test_channel_options_give_the_channels_caffe_gives(parity_runs):

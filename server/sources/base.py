@@ -74,6 +74,11 @@ class Source:
     def read_many(self, indices: np.ndarray) -> BlockRead:
         return [], np.arange(len(indices))
 
+    def held_rows(self) -> Optional[Dict[str, np.ndarray]]:
+        """Every sample's arrays by name, as float32 rows in index order, when the source
+        holds them in memory (called in the server before the workers fork); else None."""
+        return None
+
 
 class SelectedArrays:
     """``source`` yielding only the arrays ``names``, in that order (e.g. a Data layer
@@ -100,6 +105,12 @@ class SelectedArrays:
             else:
                 rest = np.concatenate([rest, block.positions])
         return kept, rest
+
+    def held_rows(self) -> Optional[Dict[str, np.ndarray]]:
+        held = self.source.held_rows()
+        if held is None or not all(name in held for name in self.names):
+            return None
+        return {name: held[name] for name in self.names}
 
     def read(self, index: int) -> Sample:
         sample = self.source.read(index)

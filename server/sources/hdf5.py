@@ -10,13 +10,17 @@ datasets differ in row count; unlike Caffe (which finds out mid-training)
 it checks every file at start-up, and also refuses empty files and rows
 whose shape differs between files.
 
-Reading. A worker reads a batch's rows file by file (``read_many``). It
-holds the file it is reading in memory, as Caffe's HDF5Data holds its
-current file, when the served datasets of that file take at most
-``FILE_IN_MEMORY_BYTES``; rows of a larger file are read with one sorted
-selection per batch. A file whose datasets reach past its end (a file
-truncated while served) is refused when opened, so its rows are reported as
-bad samples, never served as zeros.
+Reading. When the served datasets of all the files take at most
+``HELD_BYTES`` as float32, the server holds them in memory once
+(``held_rows``, read before the workers fork, so they share it), as Caffe's
+HDF5Data holds its file: a batch is then a gather from memory, and the
+server sends a batch of consecutive rows straight from it (NOTE [ Rows sent
+in place ], server/assembly.py). Otherwise a worker reads a batch's rows file
+by file (``read_many``): it holds the file it is reading when that file's
+datasets take at most ``HELD_BYTES``, and reads rows of a larger file with
+one sorted selection per batch. A file whose datasets reach past its end (a
+file truncated while served) is refused when opened, so its rows are
+reported as bad samples, never served as zeros.
 
 Order. Without shuffling, samples come file after file, rows in order.
 Caffe's ``shuffle: true`` permutes the order of the files at every pass and
@@ -28,14 +32,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from server.sources.base import BlockRead, Sample, SampleBlock, Source, SourceError, consecutive_slice
 
 OPEN_FILES_PER_PROCESS = 8
-FILE_IN_MEMORY_BYTES = 1 << 30
+HELD_BYTES = 1 << 30
 
 
 def read_hdf5_list(list_path: str, base_dir: str = "") -> List[str]:
@@ -102,8 +106,10 @@ class Hdf5Source(Source):
             counts.append(shapes[0][0])
         self.row_counts = np.asarray(counts, dtype=np.int64)
         self.file_starts = np.concatenate([[0], np.cumsum(self.row_counts)])
+        self.row_shapes = dict(zip(self.datasets, row_shapes))
         self._open: "OrderedDict[int, object]" = OrderedDict()
         self._in_memory: Tuple[int, Dict[str, np.ndarray]] = (-1, {})  # (file number, its datasets)
+        self._held: Optional[Dict[str, np.ndarray]] = None  # every file's rows, once held_rows() read them
 
     def __len__(self) -> int:
         return int(self.file_starts[-1])
@@ -153,14 +159,39 @@ class Hdf5Source(Source):
                 raise ValueError("HDF5 file %s is truncated: dataset %r ends at byte %d, the file has %d"
                                  % (path, name, offset + dataset.get_storage_size(), size))
 
+    def held_rows(self) -> Optional[Dict[str, np.ndarray]]:
+        """Every row of every served dataset as float32, all files in list order, read once
+        (the first call reads them; call it before the workers fork); None when they would
+        take more than ``HELD_BYTES``. SourceError names a file that cannot be read."""
+        if self._held is None:
+            row_values = sum(int(np.prod(shape)) for shape in self.row_shapes.values())
+            if len(self) * row_values * 4 > HELD_BYTES:
+                return None
+            self._held = {name: np.empty((len(self),) + shape, np.float32) for name, shape in self.row_shapes.items()}
+            for file_number, path in enumerate(self.files):
+                start, end = int(self.file_starts[file_number]), int(self.file_starts[file_number + 1])
+                try:
+                    handle = self._handle(file_number)
+                    for name, held in self._held.items():
+                        handle[name].read_direct(held, dest_sel=np.s_[start:end])  # converting to float32
+                except (OSError, ValueError, KeyError) as exc:
+                    self._held = None
+                    raise SourceError("cannot read HDF5 file %s: %s" % (path, exc)) from None
+            self.close()
+        return self._held
+
     def read(self, index: int) -> Sample:
+        if self._held is not None:
+            return {name: held[index] for name, held in self._held.items()}
         file_number, row = self.locate(index)
         handle = self._handle(file_number)
         return {name: handle[name][row] for name in self.datasets}
 
     def read_many(self, indices: np.ndarray) -> BlockRead:
-        """The rows of ``indices``, one block per file; a file that cannot be read is left
-        to ``read``, which reports each of its rows."""
+        """The rows of ``indices``: gathered from the held rows, else one block per file; a file
+        that cannot be read is left to ``read``, which reports each of its rows."""
+        if self._held is not None:
+            return [SampleBlock(np.arange(len(indices)), self._held, rows=indices)], np.zeros(0, np.int64)
         file_numbers = np.searchsorted(self.file_starts, indices, side="right") - 1
         rows = indices - self.file_starts[file_numbers]
         blocks, rest = [], []
@@ -179,7 +210,7 @@ class Hdf5Source(Source):
         if held_file != file_number:
             handle = self._handle(file_number)
             datasets = [handle[name] for name in self.datasets]
-            if sum(d.size * d.dtype.itemsize for d in datasets) > FILE_IN_MEMORY_BYTES:
+            if sum(d.size * d.dtype.itemsize for d in datasets) > HELD_BYTES:
                 # h5py selects rows in increasing order only.
                 unique, inverse = np.unique(rows, return_inverse=True)
                 return {name: d[unique][inverse] for name, d in zip(self.datasets, datasets)}
