@@ -91,6 +91,7 @@ class DataServer:
     def __init__(self, config: ServerConfig, prepared: PreparedData):
         self.config = config
         self.prepared = prepared
+        prepared.source.before_fork(config.shuffle)
         self.plan = EpochPlan(len(prepared.source), config.batch_size, config.seed, config.shuffle,
                               config.epochs, config.shard, getattr(prepared.source, "shuffled_order", None))
         batch_specs = prepared.specs

@@ -236,6 +236,21 @@ def test_lmdb_keys_are_listed_as_far_as_records_are_read(tmp_path, monkeypatch):
     source.close()
 
 
+def test_a_shuffled_lmdb_has_its_keys_listed_once_before_the_workers_fork(tmp_path, monkeypatch):
+    from harness.datasets import random_images, write_lmdb
+
+    from server.sources import LmdbSource
+
+    monkeypatch.setattr(LmdbSource, "KEYS_LISTED_AT_ONCE", 4)
+    path = str(write_lmdb(tmp_path / "db", random_images(10, (1, 2, 3)), range(10)))
+    in_order = LmdbSource(path)
+    in_order.before_fork(shuffled=False)
+    assert in_order._keys == []  # key order: each process lists as far as it reads
+    shuffled = LmdbSource(path)
+    shuffled.before_fork(shuffled=True)
+    assert shuffled._keys == [b"%08d" % i for i in range(10)]
+
+
 def test_a_long_lmdb_listing_reads_the_file_ahead_once_where_it_reads_most_of_it(tmp_path, monkeypatch):
     """A shuffled pass lists every key: for values in the leaf pages the file is read ahead
     (once per process); a key-order read lists a few keys and reads nothing ahead; encoded

@@ -79,6 +79,11 @@ class Source:
         holds them in memory (called in the server before the workers fork); else None."""
         return None
 
+    def before_fork(self, shuffled: bool) -> None:
+        """Called once in the server before the workers fork, knowing whether passes are
+        shuffled: what every worker would read alone at its first batch may be read here
+        once, and shared."""
+
 
 class SelectedArrays:
     """``source`` yielding only the arrays ``names``, in that order (e.g. a Data layer

@@ -153,7 +153,9 @@ class LmdbSource(DatumDbSource):
     the keys as far as it reads (``KEYS_LISTED_AT_ONCE`` or more at a time: few
     enough that a cold disk serves them in a moment),
     so serving in key order (Caffe's Data layer, TEST) starts at once
-    whatever the size; a shuffled pass lists every key on its first batch.
+    whatever the size. A shuffled pass needs every key at its first batch:
+    the server lists them once before the workers fork (``before_fork``), and
+    the workers share the list.
     Where the values sit in the leaf pages (small raw Datums), listing every
     key reads nearly the whole file: the process then asks the kernel to read
     the file ahead in the background (``POSIX_FADV_WILLNEED``), which lists a
@@ -184,6 +186,10 @@ class LmdbSource(DatumDbSource):
         self._txn = None
         data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
         self._file_read_ahead = data_file if listing_reads_most_of(stat, os.path.getsize(data_file)) else None
+
+    def before_fork(self, shuffled: bool) -> None:
+        if shuffled:
+            self._list_keys_through(self._count - 1)
 
     @staticmethod
     def _open_env(path: str, readahead: bool = False):
