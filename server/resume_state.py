@@ -49,20 +49,20 @@ class ResumeState:
                   "phase": config.phase, "shard": [config.shard.index, config.shard.count]}
         return cls(os.path.join(config.state_dir, STATE_FILE), stream)
 
-    def load(self) -> Tuple[int, int]:
-        """(next seq, first position) to resume from; (0, 0) without a matching state."""
+    def load(self) -> Optional[Tuple[int, int]]:
+        """(next seq, first position) to resume from; None without a matching state."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 state = json.load(f)
         except FileNotFoundError:
-            return 0, 0
+            return None
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable state %s (%s): starting the stream afresh", self.path, exc)
-            return 0, 0
+            return None
         if state.get("stream") != self.stream:
             log.warning("ignoring state %s: it is for another stream (%s): starting afresh",
                         self.path, state.get("stream"))
-            return 0, 0
+            return None
         seq, position = int(state["seq"]), int(state["position"])
         log.info("resuming from %s: batch %d, stream position %d", self.path, seq, position)
         self._saved = (seq, position)

@@ -106,7 +106,9 @@ class DataServer:
         self.slot_pool = SlotPool(self.specs, working_slots, config.max_inflight_mb, packed=self.codec is not None)
         self.slots = self.slot_pool.slots
         self.resume = ResumeState.for_config(config, len(prepared.source))
-        first_seq, first_position = self.resume.load() if self.resume else (0, 0)
+        saved = self.resume.load() if self.resume else None
+        self.resumed = saved is not None  # said in every header's origin (client_layer/repeats.py)
+        first_seq, first_position = saved or (0, 0)
         self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position,
                                       packing=self.codec is not None,
                                       batches_per_message=self.batches_per_message,
@@ -301,7 +303,7 @@ class DataServer:
             self.curve.start(context)
         shard = self.config.shard
         origin = wire.StreamOrigin(new_server_id(), shard.index, shard.count, self.config.seed,
-                                   len(self.prepared.source))
+                                   len(self.prepared.source), self.resumed)
         sender = self.sender = BatchSender(context, self.config.stream_id, self.specs, curve=self.curve,
                                            extra=self.prepared.layout.wire_extra(),
                                            codec_name=self.codec.name if self.codec else None, origin=origin)
