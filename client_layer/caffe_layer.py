@@ -180,6 +180,7 @@ class ZmqDataLayer(caffe.Layer):
                 "zfeed_layer_samples_received_total": client.samples_received,
                 "zfeed_layer_rejected_messages_total": client.rejected,
                 "zfeed_layer_overlapping_shards_total": client.overlapping_shards,
+                "zfeed_layer_repeated_batches_total": client.repeated,
                 "zfeed_layer_wait_seconds_total": client.wait_s,
                 "zfeed_layer_seconds_total": time.monotonic() - self._set_up_at,
                 "zfeed_layer_net_seconds_total": net_s,

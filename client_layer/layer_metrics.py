@@ -19,6 +19,8 @@ METRICS = {
     "zfeed_layer_samples_received_total": ("counter", "Samples this layer received"),
     "zfeed_layer_rejected_messages_total": ("counter", "Messages this layer dropped: malformed, or not of its stream's shapes"),
     "zfeed_layer_overlapping_shards_total": ("counter", "Pairs of data servers seen serving this layer the same shard"),
+    "zfeed_layer_repeated_batches_total": ("counter", "Batches this layer dropped because it already had them "
+                                                      "(sent again by a restarted server)"),
     "zfeed_layer_wait_seconds_total": ("counter", "Seconds forward() spent waiting for data"),
     "zfeed_layer_seconds_total": ("counter", "Seconds since the layer was set up"),
     "zfeed_layer_net_seconds_total": ("counter", "Seconds this layer's net ran: from each of its forward() "

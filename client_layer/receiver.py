@@ -6,7 +6,9 @@
 
 ZeroMQ's I/O thread receives up to ``prefetch`` messages in the background
 while the caller works; ``receive()`` hands over the next batch without a
-copy (a message of several small batches is handed over one batch at a time).
+copy (a message of several small batches is handed over one batch at a time),
+and drops a batch it already handed over, which a restarted server sends
+again (NOTE [ Batches sent again ] in ``repeats.py``).
 Every wait is bounded: ``receive()`` logs that it is waiting every
 ``WAIT_LOG_INTERVAL_S`` and raises ``NoDataError`` after ``timeout_s``; it
 polls in slices of ``POLL_SLICE_S`` so that a caller's stop request (the
@@ -35,6 +37,7 @@ from client_layer import wire
 from client_layer.batch import Batch
 from client_layer.connection_guard import ConnectionGuard
 from client_layer.curve_keys import CurveKeyError, load_key_pair, load_public_key
+from client_layer.repeats import RepeatFilter
 from client_layer.shard_overlap import ShardOverlap, leftover_bytes
 from client_layer.wire_errors import CodecMissingError
 
@@ -128,6 +131,7 @@ class BatchClient:
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(wire.MAX_FRAME_BYTES, wire.MAX_HEADER_BYTES))
         self._largest_message = 0
         self._guard = ConnectionGuard(self._socket, self.unread_limit, lambda: self.endpoints)
+        self._repeats = RepeatFilter(lambda: self.endpoints)
         self._shards = ShardOverlap(lambda: leftover_bytes(prefetch, self._largest_message, RECEIVE_BUFFER_BYTES),
                                     lambda: self.endpoints)
         if curve_secret_key or curve_server_key:
@@ -165,6 +169,11 @@ class BatchClient:
     def overlapping_shards(self) -> int:
         """Pairs of servers seen serving the same shard (NOTE [ Overlapping shards ])."""
         return self._shards.overlaps
+
+    @property
+    def repeated(self) -> int:
+        """Batches dropped because this trainer already had them (NOTE [ Batches sent again ])."""
+        return self._repeats.repeated
 
     @property
     def endpoints(self) -> str:
@@ -214,7 +223,7 @@ class BatchClient:
                     size = sum(len(frame) for frame in frames)
                     self._guard.took(size, len(frames))
                     try:
-                        batches = wire.decode_batch(frames, self.max_batch_bytes).split()
+                        message = wire.decode_batch(frames, self.max_batch_bytes)
                     except CodecMissingError as exc:
                         if not self.batches_received:
                             raise StreamSetupError("the data server (%s) compresses its batches: %s"
@@ -225,9 +234,10 @@ class BatchClient:
                         self.reject(str(exc))
                         continue
                     self._largest_message = max(self._largest_message, size)  # valid messages only
-                    self._shards.saw(batches[0].origin, size)
-                    self._received.extend(batches[1:])
-                    return self._count(batches[0])
+                    self._shards.saw(message.origin, size)
+                    self._received.extend(batch for batch in message.split() if self._repeats.is_new(batch))
+                    if self._received:
+                        return self._count(self._received.popleft())
                 if stop_requested is not None and stop_requested():
                     raise ReceiveInterrupted("stopped while waiting for data (%s)" % self.endpoints)
                 now = time.monotonic()

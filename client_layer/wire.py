@@ -18,7 +18,8 @@ samples (fewer, larger messages cost less per batch on both sides)::
 
 The header names the format version, the message kind, the stream (which
 server), the origin (``StreamOrigin``: which shard of which data, from which
-server process), the sequence number of its first batch, the rows of one batch
+server process, and whether that process resumed a saved stream), the
+sequence number of its first batch, the rows of one batch
 (``batch_rows``), for every array its name, dtype, shape and rows per frame,
 and for every sample its dataset index and its epoch. A message of several
 batches (more rows than ``batch_rows``) has every array in one frame, and
@@ -74,13 +75,16 @@ _EPOCH_DTYPE = np.dtype("<i4")
 
 class StreamOrigin(NamedTuple):
     """Where a message comes from: a server process (``server``, random per process), serving
-    shard ``shard_index`` of ``shard_count`` of ``samples`` samples in the order of ``seed``."""
+    shard ``shard_index`` of ``shard_count`` of ``samples`` samples in the order of ``seed``;
+    ``resumed``: that process continues a stream from its ``--state-dir``, so a batch it sends
+    may be one a trainer already has (client_layer/repeats.py)."""
 
     server: str
     shard_index: int
     shard_count: int
     seed: int
     samples: int
+    resumed: bool = False
 
 
 def _parse_origin(value: object) -> Optional[StreamOrigin]:
@@ -88,11 +92,13 @@ def _parse_origin(value: object) -> Optional[StreamOrigin]:
         return None
     fields = value if isinstance(value, dict) else {}
     server, shard, seed, samples = (fields.get(key) for key in ("server", "shard", "seed", "samples"))
+    resumed = fields.get("resumed", False)  # absent from servers before it existed
     if not (isinstance(server, str) and 0 < len(server) <= 64 and isinstance(shard, list) and len(shard) == 2
             and all(isinstance(n, int) and not isinstance(n, bool) for n in shard + [seed, samples])
-            and 0 <= shard[0] < shard[1] and seed >= 0 and samples >= 0):
-        raise WireError("header 'origin' is not {server: id, shard: [i, n], seed: s, samples: n}: %r" % (value,))
-    return StreamOrigin(server, shard[0], shard[1], seed, samples)
+            and 0 <= shard[0] < shard[1] and seed >= 0 and samples >= 0 and isinstance(resumed, bool)):
+        raise WireError("header 'origin' is not {server: id, shard: [i, n], seed: s, samples: n, resumed: bool}: %r"
+                        % (value,))
+    return StreamOrigin(server, shard[0], shard[1], seed, samples, resumed)
 
 
 def encode_header(stream: str, seq: int, specs: Sequence[ArraySpec],
@@ -119,7 +125,7 @@ def encode_header(stream: str, seq: int, specs: Sequence[ArraySpec],
         header["codec"] = codec
     if origin is not None:
         header["origin"] = {"server": origin.server, "shard": [origin.shard_index, origin.shard_count],
-                            "seed": origin.seed, "samples": origin.samples}
+                            "seed": origin.seed, "samples": origin.samples, "resumed": origin.resumed}
     return msgpack.packb(header, use_bin_type=True)
 
 

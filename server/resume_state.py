@@ -1,21 +1,25 @@
 """``--state-dir``: where a restarted server resumes its stream.
 
-The state is the first batch sequence number not yet handed to the kernel
-and the stream position below which every sample has been (server/assembly.py,
-``low_water_position``, and the batches ZeroMQ still holds), written
-atomically at most every ``SAVE_INTERVAL_S`` and at shutdown. A batch in the
-kernel's socket buffer reaches a trainer that stays connected, so a restart
-loses no sample; it can repeat the batches ZeroMQ held at shutdown (at most
-the slot count), those released since the last save (after a SIGKILL), and
-top-up rows above the low-water position. The state is only reused by a
-server serving the same stream (same source, size, seed, batch size,
-shuffling, epochs and phase); otherwise it is ignored with a log line.
+The state is the first batch sequence number that may not be in the kernel
+yet (the batches ZeroMQ holds, and the last ones it released: NOTE [ Bytes
+ZeroMQ holds ] in server/sender.py) and the stream position below which
+every sample has been sent (server/assembly.py, ``low_water_position``, and
+those batches), written atomically at most every ``SAVE_INTERVAL_S`` and at
+shutdown. A batch in the kernel's socket buffer reaches a trainer that stays
+connected, so a restart loses no sample. It sends again the batches from the
+saved one on that the trainer may already have: those ZeroMQ held at
+shutdown, and after a SIGKILL those sent since the last save. The trainer
+drops them (NOTE [ Batches sent again ] in client_layer/repeats.py), so it
+gets every batch once. The state is only reused by a server serving the
+same stream (same source, size, seed, batch size, shuffling, epochs, phase
+and shard); otherwise it is ignored with a log line, and the server's
+headers say that it started afresh.
 
 A state that cannot be written (a full disk, a directory gone read-only)
 never stops the server: the failure is logged once, the temporary file is
 removed, and saving resumes when it works again (logged too). Until then the
-file on disk is the last one saved, so a restart repeats the batches sent
-since, and loses none.
+file on disk is the last one saved, so a restart sends again the batches
+sent since (which the trainer drops), and loses none.
 """
 
 from __future__ import annotations
@@ -49,20 +53,20 @@ class ResumeState:
                   "phase": config.phase, "shard": [config.shard.index, config.shard.count]}
         return cls(os.path.join(config.state_dir, STATE_FILE), stream)
 
-    def load(self) -> Tuple[int, int]:
-        """(next seq, first position) to resume from; (0, 0) without a matching state."""
+    def load(self) -> Optional[Tuple[int, int]]:
+        """(next seq, first position) to resume from; None without a matching state."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 state = json.load(f)
         except FileNotFoundError:
-            return 0, 0
+            return None
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable state %s (%s): starting the stream afresh", self.path, exc)
-            return 0, 0
+            return None
         if state.get("stream") != self.stream:
             log.warning("ignoring state %s: it is for another stream (%s): starting afresh",
                         self.path, state.get("stream"))
-            return 0, 0
+            return None
         seq, position = int(state["seq"]), int(state["position"])
         log.info("resuming from %s: batch %d, stream position %d", self.path, seq, position)
         self._saved = (seq, position)
@@ -86,7 +90,7 @@ class ResumeState:
             self._remove(temporary)
             if not self._failing:
                 log.warning("cannot save the stream position to %s (%s): serving on; a restart now would "
-                            "resume from the last position saved, repeating the batches sent since",
+                            "resume from the last position saved, sending again the batches sent since",
                             self.path, exc.strerror or exc)
                 self._failing = True
             return

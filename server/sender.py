@@ -2,9 +2,25 @@
 
 ``BatchSender.send`` puts a batch's header and its arrays' frames on the
 socket without copying them and keeps the caller's token (the batch) until
-ZeroMQ's tracker says every frame has left for the kernel; ``release_sent``
+ZeroMQ's tracker says it is done with every frame; ``release_sent``
 returns the tokens whose frames are gone, so their slots can be reused.
 Only slots are ever queued, so the slots bound what is in flight.
+
+NOTE [ Bytes ZeroMQ holds ]
+A message ZeroMQ has finished with is not yet surely in the kernel: libzmq
+copies the end of it into a buffer of ``ZMQ_FILL_BYTES`` that it writes to
+the kernel with the next messages' beginnings, and with CURVE it finishes
+with each frame once encrypted, before writing it. A SIGKILL loses what it
+holds (the trainer's ZeroMQ drops the message cut short), while what is in
+the kernel still arrives. Every message's last frame is tracked, so a
+message is released only once ZeroMQ has taken all of it from its queue.
+libzmq fills that buffer anew only once it has written it whole, so if a
+message were still partly in it, every message released after it (but the
+newest, which it may be encrypting) would lie in the buffer too.
+``maybe_unwritten`` therefore keeps a released message until the messages
+released after it, the newest aside, hold ``ZMQ_FILL_BYTES``. This holds
+for one trainer connection; with several, a message can stay in the buffer
+of a trainer that stopped reading while others go on.
 
 Trainers send the PUSH socket nothing but their handshake, so what a peer
 can make ZeroMQ hold for it is bounded too: no frame over
@@ -16,7 +32,8 @@ The guard is also the socket's monitor: ``trainers`` counts its connections.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import zmq
@@ -39,6 +56,9 @@ SEND_BUFFER_BYTES = 1024 * 1024
 # for a CURVE handshake many times over. A stream of empty frames costs libzmq 64 bytes
 # per 2 bytes read, so this bounds what a peer holds to a few MB.
 INBOUND_LIMIT_BYTES = 64 * 1024
+# libzmq's buffer of bytes for the kernel, per connection (its out_batch_size, fixed at 8192 in
+# libzmq 4.3): NOTE [ Bytes ZeroMQ holds ].
+ZMQ_FILL_BYTES = 8192
 
 
 def new_server_id() -> str:
@@ -76,7 +96,8 @@ class BatchSender:
         self._endpoints: List[str] = []
         self._guard = ConnectionGuard(self.socket, None, lambda: ", ".join(self._endpoints),
                                       connection_limit=INBOUND_LIMIT_BYTES)
-        self._in_flight: List[Tuple[zmq.MessageTracker, Any]] = []
+        self._in_flight: List[Tuple[zmq.MessageTracker, Any, int]] = []  # tracker, token, bytes
+        self._released: Deque[Tuple[Any, int]] = deque()  # released, maybe not yet in the kernel
 
     def open(self, bind: Sequence[str], connect: Sequence[str]) -> None:
         """Bind to ``bind`` and connect to ``connect`` endpoints; SenderError names a failure."""
@@ -129,14 +150,17 @@ class BatchSender:
                 room, lengths = packed
                 parts.extend(wire.array_frames(spec, arrays[spec.name], room[spec.name], lengths[spec.name]))
         # Small parts (the header, labels) are copied: cheaper than a tracked zero-copy frame,
-        # whose release takes pyzmq's garbage-collector thread. Only zero-copy frames are tracked.
-        frames = [zmq.Frame(part, copy=False, track=True) if len(part) >= COPY_BELOW_BYTES else zmq.Frame(part, copy=True)
-                  for part in parts]
+        # whose release takes pyzmq's garbage-collector thread. Only zero-copy frames are tracked,
+        # and the last frame always is (NOTE [ Bytes ZeroMQ holds ]).
+        last = len(parts) - 1
+        frames = [zmq.Frame(part, copy=False, track=True) if len(part) >= COPY_BELOW_BYTES or number == last
+                  else zmq.Frame(part, copy=True) for number, part in enumerate(parts)]
         try:
             self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False  # libzmq rolls back a partly queued multipart message: nothing left
-        self._in_flight.append((zmq.MessageTracker(*(f for f in frames if f.tracker is not None)), token))
+        self._in_flight.append((zmq.MessageTracker(*(f for f in frames if f.tracker is not None)), token,
+                                sum(len(part) for part in parts)))
         return True
 
     def _specs_for(self, rows: int) -> List[wire.ArraySpec]:
@@ -148,14 +172,25 @@ class BatchSender:
 
     def release_sent(self) -> List[Any]:
         """Tokens of the batches whose frames ZeroMQ has finished with, in send order."""
-        released = [token for tracker, token in self._in_flight if tracker.done]
+        states = [(entry, entry[0].done) for entry in self._in_flight]  # each tracker asked once
+        released = [(token, size) for (_tracker, token, size), done in states if done]
         if released:
-            self._in_flight = [(t, token) for t, token in self._in_flight if not t.done]
-        return released
+            self._in_flight = [entry for entry, done in states if not done]
+            self._released.extend(released)
+            self._forget_written()
+        return [token for token, _size in released]
 
-    def unreleased(self) -> List[Any]:
-        """Tokens of the batches still in ZeroMQ's hands."""
-        return [token for _tracker, token in self._in_flight]
+    def _forget_written(self) -> None:
+        """Forget the oldest released messages while NOTE [ Bytes ZeroMQ holds ] proves them written."""
+        between = sum(size for _token, size in self._released) - self._released[0][1] - self._released[-1][1]
+        while len(self._released) > 2 and between >= ZMQ_FILL_BYTES:
+            self._released.popleft()
+            between -= self._released[0][1]
+
+    def maybe_unwritten(self) -> List[Any]:
+        """Tokens of the batches whose bytes may not all be in the kernel yet: those ZeroMQ
+        holds, and the last ones it released (NOTE [ Bytes ZeroMQ holds ])."""
+        return [token for token, _size in self._released] + [token for _tracker, token, _size in self._in_flight]
 
     def close(self) -> None:
         self._guard.close()  # the monitor goes before the socket

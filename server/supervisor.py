@@ -8,8 +8,9 @@ With ``--compress`` a filled batch goes to a worker once more, which
 compresses its frames into the slot's packed room. The supervisor sends
 complete batches in ``seq`` order (so test-phase
 batches leave in dataset order whatever the worker count) with zero-copy
-frames, and the slot is free again once ZeroMQ's tracker says every frame has
-been handed to the kernel. The slots are the only batch memory, so
+frames, and the slot is free again once ZeroMQ's tracker says it is done with
+every frame (which is not yet the kernel: NOTE [ Bytes ZeroMQ holds ] in
+sender.py). The slots are the only batch memory, so
 ``--max-inflight-mb`` bounds it in bytes; ZeroMQ's own queue never holds more
 than the slots.
 How many slots may be in use: NOTE [ Slots per trainer ] (server/slot_pool.py).
@@ -107,7 +108,9 @@ class DataServer:
         self.slot_pool = SlotPool(self.specs, working_slots, config.max_inflight_mb, packed=self.codec is not None)
         self.slots = self.slot_pool.slots
         self.resume = ResumeState.for_config(config, len(prepared.source))
-        first_seq, first_position = self.resume.load() if self.resume else (0, 0)
+        saved = self.resume.load() if self.resume else None
+        self.resumed = saved is not None  # said in every header's origin (client_layer/repeats.py)
+        first_seq, first_position = saved or (0, 0)
         self.assembly = BatchAssembly(self.plan, prepared.source.describe, first_seq, first_position,
                                       packing=self.codec is not None,
                                       batches_per_message=self.batches_per_message,
@@ -244,12 +247,13 @@ class DataServer:
                 and not sender.in_flight)
 
     def _save_resume_state(self, sender: Optional[BatchSender], force: bool = False) -> None:
-        """Record where to resume: batches ZeroMQ still holds count as not sent (see resume_state)."""
+        """Record where to resume: the batches that may not all be in the kernel yet count as not
+        sent (see resume_state)."""
         if not self.resume:
             return
-        unreleased = sender.unreleased() if sender is not None else []
-        seq = min((b.seq for b in unreleased), default=self.next_send)
-        position = min([b.first_position for b in unreleased] + [self.assembly.low_water_position])
+        unwritten = sender.maybe_unwritten() if sender is not None else []
+        seq = min((b.seq for b in unwritten), default=self.next_send)
+        position = min([b.first_position for b in unwritten] + [self.assembly.low_water_position])
         self.resume.save(seq, position, force=force)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -302,7 +306,7 @@ class DataServer:
             self.curve.start(context)
         shard = self.config.shard
         origin = wire.StreamOrigin(new_server_id(), shard.index, shard.count, self.config.seed,
-                                   len(self.prepared.source))
+                                   len(self.prepared.source), self.resumed)
         sender = self.sender = BatchSender(context, self.config.stream_id, self.specs, curve=self.curve,
                                            extra=self.prepared.layout.wire_extra(),
                                            codec_name=self.codec.name if self.codec else None, origin=origin)

@@ -135,6 +135,7 @@ def with_header(frames, **changes):
     ({"origin": {"server": "a", "shard": [0, True], "seed": 0, "samples": 9}}, "'origin' is not"),
     ({"origin": {"server": "a", "shard": [0, 2], "seed": -1, "samples": 9}}, "'origin' is not"),
     ({"origin": {"server": "a", "shard": [0, 2], "seed": 0}}, "'origin' is not"),
+    ({"origin": {"server": "a", "shard": [0, 2], "seed": 0, "samples": 9, "resumed": 1}}, "'origin' is not"),
 ])
 def test_malformed_headers_are_refused_with_a_reason(changes, message):
     _, _, frames = make_batch()
@@ -143,7 +144,7 @@ def test_malformed_headers_are_refused_with_a_reason(changes, message):
 
 
 def test_the_origin_travels_to_every_batch_of_a_message():
-    origin = wire.StreamOrigin("5eb0f00d", 1, 3, 2**64 - 1, 1000)
+    origin = wire.StreamOrigin("5eb0f00d", 1, 3, 2**64 - 1, 1000, resumed=True)
     rows = 4
     arrays = {"data": np.zeros((rows, 2), np.float32), "label": np.zeros(rows, np.float32)}
     specs = [wire.array_spec(name, a.dtype, a.shape) for name, a in arrays.items()]
@@ -152,6 +153,14 @@ def test_the_origin_travels_to_every_batch_of_a_message():
     batches = wire.decode_batch(frames, LIMIT).split()
     assert [b.origin for b in batches] == [origin, origin]
     assert wire.decode_batch(as_bytes(make_batch()[2]), LIMIT).origin is None  # optional for other senders
+
+
+def test_an_origin_without_resumed_is_from_a_server_that_started_afresh():
+    """Servers before the field existed leave it out; the layer takes their stream as started afresh."""
+    _, _, frames = make_batch()
+    origin = {"server": "a", "shard": [0, 2], "seed": 0, "samples": 9}
+    assert wire.decode_batch(with_header(frames, origin=origin), LIMIT).origin == wire.StreamOrigin("a", 0, 2, 0, 9)
+    assert not wire.decode_batch(with_header(frames, origin=origin), LIMIT).origin.resumed
 
 
 def test_missing_or_extra_frames_are_refused():
