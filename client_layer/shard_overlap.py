@@ -29,7 +29,7 @@ log = logging.getLogger("zfeed.client")
 REMEMBERED_SERVERS = 8  # per shard: ids of servers that restarted before are forgotten
 # What a server holds for one trainer (server/sender.py): QUEUED_PER_TRAINER messages and
 # one being written; a kernel send buffer of SEND_BUFFER_BYTES, which Linux doubles.
-SERVER_QUEUED_MESSAGES = 3
+SERVER_QUEUED_MESSAGES = 4
 SERVER_BUFFER_BYTES = 2 * 1024 * 1024
 
 

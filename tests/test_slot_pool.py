@@ -34,10 +34,12 @@ def test_each_connected_trainer_adds_its_share_of_slots_up_to_the_pool():
 
 
 def test_trainers_beyond_the_pool_are_logged_once_until_they_fit_again(caplog):
-    pool = SlotPool(SPECS, working_slots=2, max_inflight_mb=40, packed=False)  # 9 slots: 2 trainers' shares
+    budget_mb = (2 + 2 * PINNED_PER_TRAINER) * 4.0001  # the working set and 2 trainers' shares
+    pool = SlotPool(SPECS, working_slots=2, max_inflight_mb=budget_mb, packed=False)
     with caplog.at_level(logging.WARNING, logger="zfeed.server"):
         for trainers in (1, 2, 3, 4, 3, 2, 3):
             pool.check_budget(trainers)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and all(line.startswith("trainer 3 is over the --max-inflight-mb budget") for line in lines)
-    assert "9 batch slots of 4.0 MB hold the loader workers' 2 and 3 for each of 2 trainers" in lines[0]
+    assert ("%d batch slots of 4.0 MB hold the loader workers' 2 and %d for each of 2 trainers"
+            % (2 + 2 * PINNED_PER_TRAINER, PINNED_PER_TRAINER)) in lines[0]

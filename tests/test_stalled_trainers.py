@@ -4,14 +4,16 @@ A real server over tcp on 127.0.0.1; the stalled trainers are raw pyzmq PULL soc
 never receive; the healthy one is a BatchClient.
 """
 
+import math
 import time
 
 import pytest
 import zmq
 
 from client_layer import BatchClient
-from harness.datasets import random_images
 from harness.children import ServerProcess, free_port
+from harness.datasets import random_images
+from server.slot_pool import PINNED_PER_TRAINER
 
 pytestmark = pytest.mark.integration
 
@@ -82,4 +84,6 @@ def test_trainers_beyond_the_budget_are_named(tmp_path, npz_source):
         for socket in stalled:
             socket.close(0)
         context.term()
-    assert "--max-inflight-mb 129 would cover 2 trainers" in server.log, server.log
+    slot_mb = (64 * 3 * 224 * 224 + 64 * 4) / 2**20
+    needed_mb = math.ceil((8 + 2 * PINNED_PER_TRAINER) * slot_mb)  # the workers' 8 and 2 trainers' shares
+    assert "--max-inflight-mb %d would cover 2 trainers" % needed_mb in server.log, server.log
