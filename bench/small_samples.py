@@ -191,11 +191,16 @@ def measure(children: Children, plan: Plan, case: Case, way: str, tag: str) -> d
     net = write_net(CACHE / ("%s-zfeed.prototxt" % tag),
                     python_layer("client_layer", "ZmqDataLayer",
                                  {"address": "tcp://127.0.0.1:%d" % port, "timeout_s": 60}))
+    return rate_fed_by(children, plan, server, net, tag + "-zfeed")
+
+
+def rate_fed_by(children: Children, plan: Plan, producer, net: Path, tag: str) -> dict:
+    """``rate`` of ``net`` while the child ``producer`` feeds it; stopped after, its failure first."""
     try:
-        result = rate(children, plan, net, tag + "-zfeed")
-        server.check_running()
+        result = rate(children, plan, net, tag)
+        producer.check_running()
     finally:
-        children.stop(server)
+        children.stop(producer)
     return result
 
 
@@ -212,12 +217,7 @@ def raw_rate(children: Children, plan: Plan, case: Case, tag: str, port: int) ->
     net = write_net(CACHE / ("%s-raw.prototxt" % tag),
                     python_layer("bench.raw_rows_layer", "RawRowsLayer",
                                  {"address": "tcp://127.0.0.1:%d" % port, "shape": case.tops[0]["shape"]}))
-    try:
-        result = rate(children, plan, net, tag + "-raw")
-        sender.check_running()
-    finally:
-        children.stop(sender)
-    return result
+    return rate_fed_by(children, plan, sender, net, tag + "-raw")
 
 
 RAW = "raw pyzmq"
