@@ -28,7 +28,8 @@ Then time to the first batch against dataset size: LMDBs of 10,000,
 100,000 and 1,280,000 raw 3x16x16 Datums, in key order (as Caffe's Data
 layer reads) and shuffled, each database's pages evicted from the page
 cache before each start (its first read comes from disk, as after a
-reboot; the Python libraries stay cached). Before the comparison, every
+reboot; the Python libraries stay cached), one start per round and the
+median of the rounds reported. Before the comparison, every
 case's files are read once, so that no way pays for a cold disk.
 """
 
@@ -288,16 +289,20 @@ def first_batch_s(children: Children, lmdb: Path, order: str, tag: str) -> float
         children.stop(server)
 
 
-def startup(children: Children) -> List[dict]:
+def startup(children: Children, plan: Plan) -> List[dict]:
+    """Per LMDB size and order, ``plan.rounds`` cold starts: their times and the median (a cold
+    read of a 1.3 GB database varies by seconds from one start to the next on these machines)."""
     rows = []
     for size in STARTUP_SIZES:
         lmdb = raw_lmdb(CACHE / ("startup_%d_lmdb" % size), size, (3, 16, 16), 4)
         for order in ORDERS:
-            evict_from_page_cache(lmdb)
-            seconds = first_batch_s(children, lmdb, order, "%d-%s" % (size, ORDERS[order]))
-            rows.append({"size": size, "order": order, "seconds": seconds})
-            print("  first batch from %d records, %s (cold database): %.2f s" % (size, order, seconds),
-                  file=sys.stderr)
+            starts = []
+            for round_number in range(plan.rounds):
+                evict_from_page_cache(lmdb)
+                starts.append(first_batch_s(children, lmdb, order, "%d-%s" % (size, ORDERS[order])))
+                print("  first batch from %d records, %s (cold database), round %d: %.2f s"
+                      % (size, order, round_number + 1, starts[-1]), file=sys.stderr)
+            rows.append({"size": size, "order": order, "seconds": median(starts), "runs": starts})
     return rows
 
 
@@ -355,10 +360,11 @@ def report(plan: Plan, results, ceiling: Dict[str, float], first: List[dict]) ->
     table = markdown_table(("Data", "Caffe's layer, images/s", "zfeed, images/s", "floor, images/s",
                             "zfeed / Caffe", "zfeed / floor", "trainer waited", "Target", "zfeed runs"), rows)
     first_rows = [("%d" % r["size"], r["order"], "%.2f" % r["seconds"],
-                   verdict(r["seconds"], TARGET_FIRST_BATCH_S, at_most=True) if r["size"] >= 1_280_000 else "")
+                   verdict(r["seconds"], TARGET_FIRST_BATCH_S, at_most=True) if r["size"] >= 1_280_000 else "",
+                   ", ".join("%.2f" % s for s in r["runs"]))
                   for r in first]
     first_table = markdown_table(("LMDB records (3x16x16), not in the page cache", "order",
-                                  "first batch after start, s", "Target"), first_rows)
+                                  "first batch after start, s (median)", "Target", "runs, s"), first_rows)
     notes = [
         "- Net: the data layer then Silence, TRAIN, batch %d, forward only, timed for %.0f s after %.1f s; "
         "%d round(s), each running Caffe's layer, zfeed, the floor (and raw pyzmq) back to back; medians, and ratios are "
@@ -392,7 +398,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with Children(LOG_DIR) as children:
             results = compare(children, plan)
             ceiling = transport_ceiling(children, plan)
-            first = startup(children)
+            first = startup(children, plan)
         output = QUICK_PLOT if args.quick else PLOT
         draw(results, output, subtitle(plan))
         return "%s\nPlot: %s\n" % (report(plan, results, ceiling, first), output.relative_to(REPO))
