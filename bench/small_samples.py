@@ -274,6 +274,7 @@ ORDERS = {"key order": "--no-shuffle", "shuffled": "--shuffle"}
 
 def first_batch_s(children: Children, lmdb: Path, order: str, tag: str) -> float:
     from client_layer import BatchClient
+    from client_layer.receiver import ReceiveInterrupted
 
     port = free_port()
     started = time.monotonic()
@@ -283,7 +284,11 @@ def first_batch_s(children: Children, lmdb: Path, order: str, tag: str) -> float
                                                      "--bind", "tcp://127.0.0.1:%d" % port], child_env())
     try:
         with BatchClient("tcp://127.0.0.1:%d" % port, timeout_s=STARTUP_S) as client:
-            client.receive()
+            try:
+                client.receive(stop_requested=lambda: server.process.poll() is not None)
+            except ReceiveInterrupted:
+                server.check_running()  # a server that died: its status and log, not a 120 s wait
+                raise
             return time.monotonic() - started
     finally:
         children.stop(server)
