@@ -37,6 +37,7 @@ from client_layer import wire
 from client_layer.batch import Batch
 from client_layer.connection_guard import ConnectionGuard
 from client_layer.curve_keys import CurveKeyError, load_key_pair, load_public_key
+from client_layer.receiving_thread import yield_to_caller
 from client_layer.repeats import RepeatFilter
 from client_layer.shard_overlap import ShardOverlap, leftover_bytes
 from client_layer.wire_errors import CodecMissingError
@@ -122,6 +123,7 @@ class BatchClient:
         self.samples_received = 0
         self._received: Deque[Batch] = deque()  # the rest of the last message's batches
         self._context = zmq.Context()
+        yield_to_caller(self._context)  # NOTE [ The receiving thread yields ]
         self._socket = self._context.socket(zmq.PULL)
         _open_clients.add(self)
         self._socket.setsockopt(zmq.LINGER, 0)
