@@ -108,8 +108,10 @@ class RepeatFilter:
         origin = batch.origin
         if origin is None:
             return True
-        stream = self._streams.setdefault(
-            (origin.shard_index, origin.shard_count, origin.seed, origin.samples), _Stream())
+        key = (origin.shard_index, origin.shard_count, origin.seed, origin.samples)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream()
         if origin.server not in stream.servers:
             stream.servers = stream.servers[-(REMEMBERED_SERVERS - 1):] + [origin.server]
             if origin.resumed and stream.delivered is not None:

@@ -366,8 +366,8 @@ def test_an_lmdb_overwritten_while_served_is_read_as_the_snapshot_the_reader_beg
 
 
 def test_hdf5_files_held_in_memory_are_every_row_as_float32_and_serve_reads(tmp_path, monkeypatch):
-    """held_rows: all files in list order, converted as Caffe converts them; reads and batch
-    reads come from memory then; over the bound nothing is held."""
+    """before_fork holds all files in list order, converted as Caffe converts them; reads and
+    batch reads come from memory then; over the bound nothing is held."""
     rng = np.random.default_rng(5)
     parts = [(rng.normal(0, 1, (rows, 2, 3)), np.arange(start, start + rows, dtype=np.int32))
              for start, rows in ((0, 3), (3, 5))]
@@ -376,10 +376,13 @@ def test_hdf5_files_held_in_memory_are_every_row_as_float32_and_serve_reads(tmp_
             f["data"], f["label"] = data, label
     (tmp_path / "list.txt").write_text("a.h5 b.h5\n")
     source = Hdf5Source(str(tmp_path / "list.txt"), ("data", "label"), str(tmp_path))
+    assert source.held_rows() is None  # nothing read before the server asks
+    source.before_fork(shuffled=False)
     held = source.held_rows()
     assert held["data"].dtype == held["label"].dtype == np.float32 and held["data"].shape == (8, 2, 3)
     assert np.array_equal(held["data"], np.concatenate([p[0] for p in parts]).astype(np.float32))
     assert held["label"].tolist() == list(range(8))
+    source.before_fork(shuffled=True)
     assert source.held_rows() is held  # read once
     source.open()
     assert np.array_equal(source.read(4)["data"], held["data"][4])
@@ -387,4 +390,6 @@ def test_hdf5_files_held_in_memory_are_every_row_as_float32_and_serve_reads(tmp_
     assert rest.tolist() == [] and blocks[0].rows.tolist() == [7, 0, 3] and blocks[0].arrays["label"] is held["label"]
     source.close()
     monkeypatch.setattr(hdf5, "HELD_BYTES", 8 * (6 + 1) * 4 - 1)
-    assert Hdf5Source(str(tmp_path / "list.txt"), ("data", "label"), str(tmp_path)).held_rows() is None
+    too_large = Hdf5Source(str(tmp_path / "list.txt"), ("data", "label"), str(tmp_path))
+    too_large.before_fork(shuffled=False)
+    assert too_large.held_rows() is None

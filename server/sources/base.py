@@ -75,8 +75,8 @@ class Source:
         return [], np.arange(len(indices))
 
     def held_rows(self) -> Optional[Dict[str, np.ndarray]]:
-        """Every sample's arrays by name, as float32 rows in index order, when the source
-        holds them in memory (called in the server before the workers fork); else None."""
+        """Every sample's arrays by name, as float32 rows in index order, when ``before_fork``
+        read them into memory; else None."""
         return None
 
     def before_fork(self, shuffled: bool) -> None:

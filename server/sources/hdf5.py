@@ -12,7 +12,7 @@ whose shape differs between files.
 
 Reading. When the served datasets of all the files take at most
 ``HELD_BYTES`` as float32, the server holds them in memory once
-(``held_rows``, read before the workers fork, so they share it), as Caffe's
+(``before_fork``: read before the workers fork, so they share it), as Caffe's
 HDF5Data holds its file: a batch is then a gather from memory, and the
 server sends a batch of consecutive rows straight from it (NOTE [ Rows sent
 in place ], server/assembly.py). Otherwise a worker reads a batch's rows file
@@ -109,7 +109,7 @@ class Hdf5Source(Source):
         self.row_shapes = dict(zip(self.datasets, row_shapes))
         self._open: "OrderedDict[int, object]" = OrderedDict()
         self._in_memory: Tuple[int, Dict[str, np.ndarray]] = (-1, {})  # (file number, its datasets)
-        self._held: Optional[Dict[str, np.ndarray]] = None  # every file's rows, once held_rows() read them
+        self._held: Optional[Dict[str, np.ndarray]] = None  # every file's rows, once before_fork read them
 
     def __len__(self) -> int:
         return int(self.file_starts[-1])
@@ -159,25 +159,26 @@ class Hdf5Source(Source):
                 raise ValueError("HDF5 file %s is truncated: dataset %r ends at byte %d, the file has %d"
                                  % (path, name, offset + dataset.get_storage_size(), size))
 
+    def before_fork(self, shuffled: bool) -> None:
+        """Read every row of every served dataset into memory as float32, all files in list
+        order, when they take at most ``HELD_BYTES``: the workers share them, and ``held_rows``
+        offers them to the server. SourceError names a file that cannot be read."""
+        row_values = sum(int(np.prod(shape)) for shape in self.row_shapes.values())
+        if self._held is not None or len(self) * row_values * 4 > HELD_BYTES:
+            return
+        held = {name: np.empty((len(self),) + shape, np.float32) for name, shape in self.row_shapes.items()}
+        for file_number, path in enumerate(self.files):
+            start, end = int(self.file_starts[file_number]), int(self.file_starts[file_number + 1])
+            try:
+                handle = self._handle(file_number)
+                for name, rows in held.items():
+                    handle[name].read_direct(rows, dest_sel=np.s_[start:end])  # converting to float32
+            except (OSError, ValueError, KeyError) as exc:
+                raise SourceError("cannot read HDF5 file %s: %s" % (path, exc)) from None
+        self.close()
+        self._held = held
+
     def held_rows(self) -> Optional[Dict[str, np.ndarray]]:
-        """Every row of every served dataset as float32, all files in list order, read once
-        (the first call reads them; call it before the workers fork); None when they would
-        take more than ``HELD_BYTES``. SourceError names a file that cannot be read."""
-        if self._held is None:
-            row_values = sum(int(np.prod(shape)) for shape in self.row_shapes.values())
-            if len(self) * row_values * 4 > HELD_BYTES:
-                return None
-            self._held = {name: np.empty((len(self),) + shape, np.float32) for name, shape in self.row_shapes.items()}
-            for file_number, path in enumerate(self.files):
-                start, end = int(self.file_starts[file_number]), int(self.file_starts[file_number + 1])
-                try:
-                    handle = self._handle(file_number)
-                    for name, held in self._held.items():
-                        handle[name].read_direct(held, dest_sel=np.s_[start:end])  # converting to float32
-                except (OSError, ValueError, KeyError) as exc:
-                    self._held = None
-                    raise SourceError("cannot read HDF5 file %s: %s" % (path, exc)) from None
-            self.close()
         return self._held
 
     def read(self, index: int) -> Sample:
