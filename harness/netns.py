@@ -101,6 +101,12 @@ class Network:
         if result.returncode != 0:
             raise RuntimeError("tc: %s" % result.stderr.strip())
 
+    def set_link(self, host: str, up: bool) -> None:
+        """Cut ``host`` off the bridge (``up=False``: its port goes down, every packet to or from it
+        is dropped, its connections stay open) or plug it back in."""
+        number = self.host_names.index(host) + 1
+        _ip("link", "set", "zfs%d" % number, "up" if up else "down", netns=self.switch)
+
     def close(self) -> None:
         """Kill every process in the namespaces, wait for them to go, delete the namespaces."""
         deadline = time.monotonic() + 10

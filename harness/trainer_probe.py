@@ -4,7 +4,8 @@ Usage: python -m harness.trainer_probe OUT.json COUNT (--connect ADDR ... | --bi
 [--work S] [--ready-file PATH]
 Writes PATH (empty) once its socket exists, then receives COUNT batches (or until --idle seconds pass without one,
 when COUNT is 0), spending --work seconds on each batch as a training step would, and writes
-[{"stream", "seq", "epochs", "indices", "bytes", "wire_bytes"}] plus the receive time. Runs in whatever network
+[{"stream", "seq", "epochs", "indices", "bytes", "wire_bytes", "at"}] ("at": seconds from the first batch to
+this one) plus the receive time. Runs in whatever network
 namespace it is started in.
 """
 
@@ -46,7 +47,7 @@ def main() -> int:
             records.append({"stream": batch.stream, "seq": batch.seq, "epochs": batch.epochs.tolist(),
                             "indices": batch.indices.tolist(),
                             "bytes": sum(batch.spec(n).nbytes for n in batch.names),
-                            "wire_bytes": batch.wire_bytes})
+                            "wire_bytes": batch.wire_bytes, "at": time.monotonic() - started})
             time.sleep(args.work)
         elapsed = time.monotonic() - started if started else 0.0
     Path(args.out).write_text(json.dumps({"batches": records, "seconds": elapsed}))

@@ -8,6 +8,7 @@ batch headers.
 
 import json
 import sys
+import time
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -52,9 +53,10 @@ def finish(trainer, out):
     return json.loads(Path(out).read_text())["batches"]
 
 
-def check_exactly_once(batches):
+def check_exactly_once(batches, epochs=EPOCHS):
     counts = Counter((e, i) for b in batches for e, i in zip(b["epochs"], b["indices"]))
-    for epoch in range(EPOCHS):
+    assert set(e for e, _ in counts) == set(range(epochs))
+    for epoch in range(epochs):
         assert sorted(i for (e, i) in counts if e == epoch) == list(range(SIZE))
     assert max(counts.values()) == 1
     keys = [(b["stream"], b["seq"]) for b in batches]
@@ -117,3 +119,46 @@ def test_one_server_host_two_trainer_hosts(tmp_path, large_images, topology):
             assert server.wait() == 0, server.log
     assert all(received), "each trainer gets batches"
     check_exactly_once(received[0] + received[1])
+
+
+@pytest.mark.parametrize("topology", ["trainer-connects", "servers-connect"])
+def test_a_network_partition_shorter_than_the_timeout_loses_and_repeats_nothing(tmp_path, large_images, topology):
+    """One of two shard servers' hosts is cut off the network for 3 s mid-stream, with batches
+    on the wire. Its connection outlives the partition (TCP retransmits, ZeroMQ sends no
+    heartbeats that could close it), so what was in flight arrives afterwards, once."""
+    epochs, partition_s = 12, 3.0
+    batches_in_all = epochs * SIZE // BATCH
+    with netns.Network(["server0", "server1", "trainer"]) as net, ExitStack() as children:
+        trainer_host = net.hosts["trainer"]
+        out = tmp_path / "trainer.json"
+        if topology == "trainer-connects":
+            trainer = start_trainer(trainer_host, out, batches_in_all, work_s=0.05,
+                                    connect=["tcp://%s:%d" % (net.hosts["server%d" % s].address, PORT)
+                                             for s in range(2)])
+        else:
+            trainer = start_trainer(trainer_host, out, batches_in_all, work_s=0.05,
+                                    bind="tcp://%s:%d" % (trainer_host.address, PORT))
+        children.enter_context(trainer)
+        trainer.wait_ready()
+        servers = []
+        for shard in range(2):
+            host = net.hosts["server%d" % shard]
+            where = (["--bind", "tcp://%s:%d" % (host.address, PORT)] if topology == "trainer-connects"
+                     else ["--connect", "tcp://%s:%d" % (trainer_host.address, PORT)])
+            servers.append(children.enter_context(ServerProcess(
+                ["--source", large_images, *where, "--batch-size", str(BATCH), "--epochs", str(epochs),
+                 "--shard", "%d/2" % shard, "--workers", "1", "--stream-id", "shard%d" % shard,
+                 "--max-batches-per-message", "1"],
+                tmp_path / ("server%d.log" % shard), prefix=host.command([]))))
+        time.sleep(1.5)  # the trainer needs about 6 s for the stream: cut it in the middle
+        net.set_link("server0", up=False)
+        time.sleep(partition_s)
+        net.set_link("server0", up=True)
+        batches = finish(trainer, out)
+        for server in servers:
+            assert server.wait() == 0, server.log
+    check_exactly_once(batches, epochs)
+    cut_off = [b["at"] for b in batches if b["stream"] == "shard0"]
+    assert len(cut_off) == batches_in_all // 2
+    gaps = [later - earlier for earlier, later in zip(cut_off, cut_off[1:])]
+    assert max(gaps) >= partition_s - 1.0, "the partition held back shard 0's batches mid-stream: %s" % gaps
